@@ -1,0 +1,146 @@
+"""The `nbfed` command line."""
+
+from __future__ import annotations
+
+import ast
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+
+from nbfed.check import CheckFailed, check
+from nbfed.notebook import NotebookError, read_notebook
+
+app = typer.Typer(help="Notebook Federator: a Jupyter notebook to a cross-silo Flower federation.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+console = Console()
+err = Console(stderr=True)
+
+NotebookArg = Annotated[Path, typer.Argument(help="The notebook (.ipynb) with tagged cells.")]
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def _parse_settings(pairs: list[str]) -> dict[str, Any]:
+    """KEY=VALUE run-config overrides; values are Python/JSON literals, else strings."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise _fail(f"--set expects KEY=VALUE, got '{pair}'", 2)
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = {"true": True, "false": False}.get(raw.lower(), raw)
+        out[key.strip()] = value
+    return out
+
+
+@app.command("check")
+def check_cmd(notebook: NotebookArg) -> None:
+    """Validate a notebook against the contract; report every problem, by cell."""
+    try:
+        nb = read_notebook(notebook)
+    except NotebookError as e:
+        raise _fail(str(e))
+    violations = check(nb)
+    if violations:
+        err.print(str(CheckFailed(nb, violations)), highlight=False, markup=False)
+        raise typer.Exit(1)
+    tags = ", ".join(dict.fromkeys(c.tag for c in nb.cells))
+    console.print(f"{notebook}: OK ({len(nb.cells)} tagged cells: {tags})")
+
+
+@app.command("convert")
+def convert_cmd(notebook: NotebookArg, out: Annotated[Path, typer.Option("-o", "--out", help="Directory for the Flower app.")]) -> None:
+    """Generate the Flower app (pyproject.toml, task.py, client_app.py, server_app.py)."""
+    from nbfed.convert import convert
+
+    try:
+        generated = convert(notebook, out)
+    except (NotebookError, CheckFailed) as e:
+        err.print(str(e), highlight=False, markup=False)
+        raise typer.Exit(1)
+    console.print(f"{notebook} -> {out} (package {generated.package}); `flwr build --app {out}` bundles it")
+
+
+@app.command("synth-data")
+def synth_data_cmd(
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output directory (one subdirectory per site).")],
+    scale: Annotated[Optional[float], typer.Option(help="Fraction of the paper's Table 1 patch counts.")] = None,
+    size: Annotated[Optional[int], typer.Option(help="Patch size in pixels (224 as in the paper).")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same files.")] = 0,
+) -> None:
+    """Write synthetic H&E-like patches for three sites (synthetic, not medical data)."""
+    from rich.progress import Progress
+
+    from nbfed import synth
+
+    kwargs: dict[str, Any] = {"seed": seed}
+    if scale is not None:
+        kwargs["scale"] = scale
+    if size is not None:
+        kwargs["size"] = size
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("writing patches", total=None)
+        try:
+            manifest = synth.generate(out, progress=lambda done, total: progress.update(task, completed=done, total=total), **kwargs)
+        except ValueError as e:
+            raise _fail(str(e), 2)
+    for site, splits in manifest["counts"].items():
+        console.print(f"{site}: " + ", ".join(f"{split} {c['tumor']} tumour / {c['normal']} normal" for split, c in splits.items()))
+    console.print(f"synthetic data in {out} (not medical data)")
+
+
+@app.command("run-local")
+def run_local_cmd(
+    notebook: NotebookArg,
+    data: Annotated[Path, typer.Option("--data", help="Directory with one subdirectory per site (train/ and test/).")],
+    results: Annotated[Optional[Path], typer.Option("--results", help="Results directory (default results/<notebook>-<time>).")] = None,
+    set_: Annotated[list[str], typer.Option("--set", help="Override a run-config key: --set num_rounds=5.")] = [],
+    baselines: Annotated[bool, typer.Option("--baselines", help="Also train each site alone and compare (Table 2).")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds before the run is abandoned.")] = 3600,
+) -> None:
+    """Run a real Flower federation on this machine: SuperLink + one SuperNode per site."""
+    from nbfed.local import RunFailed, run_local
+    from nbfed.report import render_table, write_report
+
+    started = time.monotonic()
+    try:
+        generated, results_dir = run_local(notebook, data, results, _parse_settings(set_), console, timeout)
+        if baselines:
+            from nbfed.baselines import run_baselines
+
+            run_baselines(generated, results_dir, data, console)
+    except (NotebookError, CheckFailed) as e:
+        err.print(str(e), highlight=False, markup=False)
+        raise typer.Exit(1)
+    except (RunFailed, FileNotFoundError, FileExistsError, KeyError) as e:
+        raise _fail(str(e).strip("'\""))
+    except KeyboardInterrupt:
+        raise _fail("interrupted; every process was stopped", 130)
+    report = write_report(results_dir)
+    console.print(render_table(results_dir))
+    console.print(f"finished in {time.monotonic() - started:.0f} s; report: {report}")
+
+
+@app.command("report")
+def report_cmd(results: Annotated[Path, typer.Argument(help="A run's results directory.")]) -> None:
+    """Write report.md and metrics.png for a finished run, and show its table."""
+    from nbfed.report import render_table, write_report
+
+    try:
+        report = write_report(results)
+    except FileNotFoundError as e:
+        raise _fail(str(e))
+    console.print(render_table(results))
+    console.print(f"report: {report}")
+
+
+if __name__ == "__main__":
+    app()
