@@ -250,6 +250,8 @@ def _functions(nb: Notebook, trees: dict[int, ast.Module]) -> list[Violation]:
         if not in_tag:
             if not fn.required and not cells:
                 continue
+            if any(c.number not in trees for c in cells):
+                continue  # the cell did not parse; that is already reported
             if not cells and fn.tag in REQUIRED_TAGS:
                 continue  # already reported as a missing tag
             where = cells[0].label if cells else "notebook"

@@ -13,8 +13,13 @@ TOOLKIT_KEY = "nbfed"
 
 def notebook_config(context: Context) -> dict:
     """The notebook's CONFIG as a nested dict, with run-time overrides applied."""
+    return nested_config(context.run_config)
+
+
+def nested_config(run_config: dict) -> dict:
+    """Flower's flat run config (`a.b = 1`) back to the notebook's nested CONFIG, without nbfed.*."""
     nested: dict = {}
-    for key, value in context.run_config.items():
+    for key, value in run_config.items():
         parts = key.split(".")
         if parts[0] == TOOLKIT_KEY:
             continue
