@@ -92,8 +92,8 @@ def synth_data_cmd(
             manifest = synth.generate(out, progress=lambda done, total: progress.update(task, completed=done, total=total), **kwargs)
         except ValueError as e:
             raise _fail(str(e), 2)
-    for site, splits in manifest["counts"].items():
-        console.print(f"{site}: " + ", ".join(f"{split} {c['tumor']} tumour / {c['normal']} normal" for split, c in splits.items()))
+    for site, info in manifest["sites"].items():
+        console.print(f"{site}: " + ", ".join(f"{split} {c['tumor']} tumour / {c['normal']} normal" for split, c in info["counts"].items()))
     console.print(f"synthetic data in {out} (not medical data)")
 
 
@@ -107,7 +107,8 @@ def run_local_cmd(
     timeout: Annotated[float, typer.Option(help="Seconds before the run is abandoned.")] = 3600,
 ) -> None:
     """Run a real Flower federation on this machine: SuperLink + one SuperNode per site."""
-    from nbfed.local import RunFailed, run_local
+    from nbfed.local import run_local
+    from nbfed.superlink import RunFailed
     from nbfed.report import render_table, write_report
 
     started = time.monotonic()

@@ -1,0 +1,143 @@
+"""Talking to a SuperLink with Flower's own CLI (`flwr`): register nodes, submit runs, follow them.
+
+Used by `run-local` (processes on loopback) and `submit` (the compose stacks and the
+playbook's run stage, on the aggregator host).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+BIN = Path(sys.executable).parent  # flwr, flower-superlink & co. live beside this interpreter
+CONNECTION = "nbfed"
+
+
+class RunFailed(RuntimeError):
+    """The federation did not finish; the message says why and where to look."""
+
+
+@dataclass
+class SuperLinkClient:
+    """The `flwr` CLI with its own FLWR_HOME holding one connection to one SuperLink."""
+
+    address: str  # host:port of SuperLink's Control API
+    home: Path
+    root_certificates: Path | None = None  # None: plain HTTP, only for run-local on loopback
+
+    def __post_init__(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        security = (f'root-certificates = "{self.root_certificates}"' if self.root_certificates else "insecure = true")
+        (self.home / "config.toml").write_text(
+            f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\naddress = "{self.address}"\n{security}\n'
+        )
+
+    def flwr(self, *args: str) -> subprocess.CompletedProcess:
+        env = {"FLWR_HOME": str(self.home), "PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(self.home)}
+        return subprocess.run([str(BIN / "flwr"), *args], env=env, capture_output=True, text=True)
+
+    def _json(self, *args: str) -> dict[str, Any]:
+        done = self.flwr(*args, "--format", "json")
+        try:
+            return json.loads(done.stdout)
+        except ValueError:
+            return {"success": False, "error-message": (done.stdout + done.stderr).strip()}
+
+    def register(self, public_key: Path, name: str) -> bool:
+        """Register a SuperNode's public key; False when it was registered already."""
+        answer = self._json("supernode", "register", str(public_key), CONNECTION, "--name", name)
+        if answer.get("success"):
+            return True
+        if "already in use" in str(answer.get("error-message", "")):
+            return False
+        raise RunFailed(f"registering {public_key} ({name}) failed: {answer.get('error-message')}")
+
+    def submit(self, app: Path, overrides: Path, attempts: int = 30) -> int:
+        """`flwr run` the app; returns the run id. Retries while SuperLink finishes starting."""
+        for _ in range(attempts):
+            answer = self._json("run", str(app), CONNECTION, "--run-config", str(overrides))
+            if answer.get("success") and "run-id" in answer:
+                return int(answer["run-id"])
+            time.sleep(1)
+        raise RunFailed(f"`flwr run` failed: {str(answer.get('error-message'))[-2000:]}")
+
+    def run_status(self, run_id: int) -> str:
+        try:
+            return str(self._json("ls", CONNECTION, "--run-id", str(run_id))["runs"][0]["status"])
+        except (KeyError, IndexError):
+            return "unknown"
+
+
+def read_events(path: Path, offset: int) -> tuple[list[dict[str, Any]], int]:
+    """New complete lines of the events file since `offset`."""
+    if not path.exists():
+        return [], offset
+    with open(path) as f:
+        f.seek(offset)
+        chunk = f.read()
+    end = chunk.rfind("\n") + 1
+    return [json.loads(line) for line in chunk[:end].splitlines() if line], offset + end
+
+
+def _round_line(event: dict[str, Any], num_rounds: int) -> str:
+    pooled = event.get("pooled") or {}
+    shown = " ".join(
+        f"{k} {pooled[k]:.3f}" for k in ("accuracy", "sensitivity", "specificity", "loss") if isinstance(pooled.get(k), (int, float))
+    )
+    errors = f"  [red]{len(event['errors'])} site error(s)[/red]" if event.get("errors") else ""
+    sites = ", ".join(event.get("sites", [])) or "none"
+    return f"round {event['round']}/{num_rounds}  {event['duration_s']:.1f} s  sites: {sites}  {shown}{errors}"
+
+
+def follow(
+    client: SuperLinkClient,
+    run_id: int,
+    results: Path,
+    num_rounds: int,
+    console: Console,
+    timeout: float,
+    check_alive: Callable[[], None] = lambda: None,
+) -> None:
+    """Show progress from the ServerApp's events file until the run finishes.
+
+    Raises RunFailed when the run fails, SuperLink reports it finished without
+    completing, a local process died (`check_alive`), or `timeout` passes.
+    """
+    offset, deadline, last_status_check = 0, time.monotonic() + timeout, 0.0
+    columns = (TextColumn("[bold]federation"), BarColumn(), MofNCompleteColumn(), TextColumn("rounds"), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        bar = progress.add_task("rounds", total=num_rounds)
+        while True:
+            events, offset = read_events(results / "events.jsonl", offset)
+            for event in events:
+                if event["event"] == "round_finished":
+                    progress.advance(bar)
+                    console.print(_round_line(event, num_rounds))
+                    for node, reason in event.get("errors", {}).items():
+                        console.print(f"  [red]{node}: {reason.strip().splitlines()[-1]}[/red]")
+                elif event["event"] == "finished":
+                    return
+                elif event["event"] == "failed":
+                    raise RunFailed(f"the run failed on the aggregator: {event['error']}")
+            check_alive()
+            now = time.monotonic()
+            if now > deadline:
+                raise RunFailed(f"the run did not finish within {timeout:.0f} s")
+            if now - last_status_check > 5:
+                last_status_check = now
+                status = client.run_status(run_id)
+                if status.startswith("finished:") and status != "finished:completed":
+                    time.sleep(1)  # let the ServerApp's last events land first
+                    events, _ = read_events(results / "events.jsonl", offset)
+                    if not any(e["event"] == "finished" for e in events):
+                        raise RunFailed(f"run {run_id} ended as {status}; see the SuperLink log")
+            time.sleep(0.2)
