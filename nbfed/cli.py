@@ -130,6 +130,78 @@ def run_local_cmd(
     console.print(f"finished in {time.monotonic() - started:.0f} s; report: {report}")
 
 
+@app.command("register")
+def register_cmd(
+    keys: Annotated[list[Path], typer.Argument(help="Sites' public keys, SITE.pub (the file name names the site).")],
+    superlink: Annotated[str, typer.Option(help="SuperLink Control API as host:port (the aggregator's loopback).")],
+    ca: Annotated[Optional[Path], typer.Option(help="Consortium CA certificate; without it, plain HTTP (loopback only).")] = None,
+) -> None:
+    """Register sites' SuperNode public keys with SuperLink (already registered keys are kept)."""
+    import tempfile
+
+    from nbfed.superlink import RunFailed, SuperLinkClient
+
+    with tempfile.TemporaryDirectory(prefix="nbfed-flwr-") as home:
+        client = SuperLinkClient(superlink, Path(home), ca)
+        for key in keys:
+            site = key.name.removesuffix(".pub")
+            try:
+                fresh = client.register(key, site)
+            except RunFailed as e:
+                raise _fail(str(e))
+            console.print(f"site {site}: public key {'registered' if fresh else 'already registered'}")
+
+
+@app.command("submit")
+def submit_cmd(
+    notebook: NotebookArg,
+    superlink: Annotated[str, typer.Option(help="SuperLink Control API as host:port (the aggregator's loopback).")],
+    ca: Annotated[Optional[Path], typer.Option(help="Consortium CA certificate; without it, plain HTTP (loopback only).")] = None,
+    results_root: Annotated[Path, typer.Option(help="Where the ServerApp writes results (a volume it shares).")] = Path("results"),
+    name: Annotated[Optional[str], typer.Option(help="Run name (default <notebook>-<time>).")] = None,
+    set_: Annotated[list[str], typer.Option("--set", help="Override a run-config key: --set num_rounds=5.")] = [],
+    timeout: Annotated[float, typer.Option(help="Seconds before the run is abandoned.")] = 3600,
+) -> None:
+    """Submit the notebook's app to a running SuperLink, follow it, write the report."""
+    import tempfile
+
+    from nbfed.report import render_table, write_report
+    from nbfed.submit import default_results_dir, submit
+    from nbfed.superlink import RunFailed, SuperLinkClient
+
+    started = time.monotonic()
+    results = results_root / name if name else default_results_dir(notebook, results_root)  # "" counts as unset
+    try:
+        with tempfile.TemporaryDirectory(prefix="nbfed-flwr-") as home:
+            client = SuperLinkClient(superlink, Path(home), ca)
+            run = submit(notebook, client, results, _parse_settings(set_), console, timeout)
+    except (NotebookError, CheckFailed) as e:
+        err.print(str(e), highlight=False, markup=False)
+        raise typer.Exit(1)
+    except (RunFailed, FileExistsError, KeyError) as e:
+        raise _fail(str(e).strip("'\""))
+    report = write_report(run.results)
+    console.print(render_table(run.results))
+    console.print(f"finished in {time.monotonic() - started:.0f} s; report: {report}")
+
+
+@app.command("pki")
+def pki_cmd(
+    out: Annotated[Path, typer.Option("-o", "--out", help="Directory for the CA, certificate and node keys.")],
+    san: Annotated[list[str], typer.Option(help="A name or address of the aggregator (repeatable; the first is the CN).")],
+    site: Annotated[list[str], typer.Option(help="A site that gets a node key (repeatable).")] = [],
+    uid: Annotated[Optional[int], typer.Option(help="Give every file to this uid (the containers' user).")] = None,
+) -> None:
+    """A throw-away PKI for the dry run: CA, SuperLink certificate, one node key per site."""
+    from nbfed.pki import make_pki
+
+    if (out / "ca.crt").exists():
+        console.print(f"{out} already holds a PKI; kept")
+        return
+    make_pki(out, san, site, uid)
+    console.print(f"PKI in {out}: CA, certificate for {', '.join(san)}, node keys for {', '.join(site) or 'no site'}")
+
+
 @app.command("report")
 def report_cmd(results: Annotated[Path, typer.Argument(help="A run's results directory.")]) -> None:
     """Write report.md and metrics.png for a finished run, and show its table."""

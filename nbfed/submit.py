@@ -52,15 +52,10 @@ def submit(
     client: SuperLinkClient,
     results: Path,
     settings: dict[str, Any],
-    node_keys: list[Path],
     console: Console,
     timeout: float = 3600,
 ) -> PreparedRun:
-    """Register the sites' public keys, submit the run and follow it to the end."""
-    for key in node_keys:
-        name = key.name.removesuffix(".pub")
-        fresh = client.register(key, name)
-        console.print(f"site {name}: public key {'registered' if fresh else 'already registered'}")
+    """Submit the run and follow it to the end (the sites' keys are registered already)."""
     run = prepare_run(notebook, results, settings)
     run_id = client.submit(run.app.root, run.overrides)
     console.print(f"run {run_id}: {notebook.name}, {run.num_rounds} rounds, results in {run.results}")
