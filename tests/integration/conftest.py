@@ -1,0 +1,188 @@
+"""Docker fixtures for the integration tests: an engine, the base image, the built images.
+
+Tests that take one of these fixtures are skipped, with the reason, when no Docker Engine
+answers (start one as root with `.ci/docker-engine`). The base image is built once from
+Debian packages (`images/base/build.sh`) unless NBFED_TEST_BASE_IMAGE names one that exists
+(`python:3.11-slim-bookworm` where it can be pulled). Builds share the repository's
+`build/` tree (wheelhouse, rootfs), so a second test session rebuilds nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BUILD_DIR = Path(os.environ.get("NBFED_TEST_BUILD_DIR", ROOT / "build"))
+BOOTSTRAP_BASE = "nbfed/base:bookworm"
+# What the images are built with in tests: the CPU torch this machine serves from disk.
+TEST_REQUIREMENTS = ["torch==2.13.0", "numpy"]
+
+
+@pytest.fixture(scope="session")
+def docker_api():
+    """A docker SDK low-level client that answered a ping; else the test is skipped."""
+    docker = pytest.importorskip("docker", reason="the docker SDK is not installed (pip install docker)")
+    try:
+        client = docker.APIClient(timeout=600, **docker.utils.kwargs_from_env())
+        client.ping()
+    except Exception as err:  # noqa: BLE001 (any failure means: no engine here)
+        pytest.skip(f"no Docker Engine answers ({err.__class__.__name__}); start one as root: .ci/docker-engine")
+    return client
+
+
+@pytest.fixture(scope="session")
+def docker_client(docker_api):
+    import docker
+
+    return docker.from_env(timeout=600)
+
+
+@pytest.fixture(scope="session")
+def base_image(docker_api) -> str:
+    """The base image the tests build on: NBFED_TEST_BASE_IMAGE, else nbfed/base:bookworm."""
+    from docker.errors import ImageNotFound
+
+    wanted = os.environ.get("NBFED_TEST_BASE_IMAGE", BOOTSTRAP_BASE)
+    try:
+        docker_api.inspect_image(wanted)
+        return wanted
+    except ImageNotFound:
+        pass
+    if wanted != BOOTSTRAP_BASE:
+        pytest.skip(f"the base image {wanted} (NBFED_TEST_BASE_IMAGE) is not on this engine")
+    if os.geteuid() != 0 or shutil.which("debootstrap") is None:
+        pytest.skip(f"{BOOTSTRAP_BASE} is missing and images/base/build.sh needs root and debootstrap")
+    done = subprocess.run([str(ROOT / "images" / "base" / "build.sh"), BOOTSTRAP_BASE],
+                          capture_output=True, text=True, timeout=1200,
+                          env=dict(os.environ, NBFED_BUILD_DIR=str(BUILD_DIR)))
+    assert done.returncode == 0, done.stdout + done.stderr
+    return BOOTSTRAP_BASE
+
+
+@pytest.fixture(scope="session")
+def built_images(docker_api, base_image):
+    """The proxy, aggregator and cpu site images, built (or found) once per session, by kind."""
+    from rich.console import Console
+
+    from nbfed.images import build_images
+
+    images = build_images(
+        TEST_REQUIREMENTS,
+        flavours=("cpu",),
+        base_image=base_image,
+        build_dir=BUILD_DIR,
+        labels={"notebook": "test.ipynb", "notebook_sha256": "0" * 64},
+        console=Console(stderr=True, width=120),
+    )
+    return {image.kind: image for image in images}
+
+
+@pytest.fixture
+def container_factory(docker_client) -> Iterator:
+    """run(image, ...) -> a started container, removed (with its networks) after the test."""
+    containers = []
+    networks = []
+
+    def run(image: str, command=None, **kwargs):
+        kwargs.setdefault("detach", True)
+        kwargs.setdefault("name", f"nbfed-test-{uuid.uuid4().hex[:8]}")
+        container = docker_client.containers.run(image, command, **kwargs)
+        containers.append(container)
+        return container
+
+    def network():
+        net = docker_client.networks.create(f"nbfed-test-{uuid.uuid4().hex[:8]}", driver="bridge")
+        networks.append(net)
+        return net
+
+    run.network = network
+    yield run
+    for container in containers:
+        try:
+            container.remove(force=True)
+        except Exception:  # noqa: BLE001
+            pass
+    for net in networks:
+        try:
+            net.remove()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def wait_for(predicate, timeout: float = 60, interval: float = 0.5, what: str = "condition"):
+    """Poll until predicate() is truthy; returns its value or fails the test."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def _write_cert(directory: Path, stem: str, cert, key) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    (directory / f"{stem}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (directory / f"{stem}.key").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+
+
+def make_pki(directory: Path, ca_name: str = "nbfed test CA") -> Path:
+    """A CA (ca.crt) and two server certificates signed by it, readable by uid 10001:
+    superlink.pem/.key (SANs: superlink, localhost, 127.0.0.1) and server.pem/.key for the
+    proxy (SANs: proxy, localhost, 127.0.0.1). Test material only: the keys are world-readable.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    directory.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ca_name)])
+    ca = (x509.CertificateBuilder().subject_name(ca_subject).issuer_name(ca_subject)
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now).not_valid_after(now + dt.timedelta(days=2))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                       content_commitment=False, key_encipherment=False,
+                                       data_encipherment=False, key_agreement=False,
+                                       encipher_only=False, decipher_only=False), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    (directory / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    for stem, name in (("superlink", "superlink"), ("server", "proxy")):
+        key = ec.generate_private_key(ec.SECP256R1())
+        sans = [x509.DNSName(name), x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+        cert = (x509.CertificateBuilder()
+                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+                .issuer_name(ca_subject).public_key(key.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(now).not_valid_after(now + dt.timedelta(days=2))
+                .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+                .sign(ca_key, hashes.SHA256()))
+        _write_cert(directory, stem, cert, key)
+    for path in directory.iterdir():
+        path.chmod(0o644)
+    directory.chmod(0o755)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory) -> Path:
+    """A test consortium PKI (see make_pki)."""
+    return make_pki(tmp_path_factory.mktemp("pki"))

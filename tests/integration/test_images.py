@@ -1,0 +1,295 @@
+"""Container images: built from the bootstrapped base, content-tagged, non-root, TLS-aware.
+
+The first session builds the images (the torch install takes a few minutes); later sessions
+find them by content tag and build nothing.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from conftest import BUILD_DIR, TEST_REQUIREMENTS, make_pki, wait_for
+from rich.console import Console
+
+from nbfed import images
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+SUPERLINK_TLS = ["--ssl-certfile", "/certs/superlink.pem", "--ssl-keyfile", "/certs/superlink.key",
+                 "--ssl-ca-certfile", "/certs/ca.crt", "--host", "0.0.0.0", "--port", "8000",
+                 "--database", "/state/state.db", "--disable-runtime-dependency-installation"]
+
+# Runs inside a container of the site image: GET https://HOST:8000PATH (path sent as is),
+# verified against /certs/ca.crt (the name too, unless a third argument is given); prints the
+# status code.
+HTTPS_STATUS = (
+    "import http.client,ssl,sys;c=ssl.create_default_context(cafile='/certs/ca.crt');"
+    "c.check_hostname=len(sys.argv)<4;"
+    "h=http.client.HTTPSConnection(sys.argv[1],8000,context=c,timeout=10);"
+    "h.request('GET',sys.argv[2]);print(h.getresponse().status)"
+)
+
+
+def _quiet() -> Console:
+    return Console(stderr=True, width=120)
+
+
+def _run_healthcheck(container) -> int:
+    """Run the image's HEALTHCHECK command inside the running container; its exit code."""
+    test = container.client.api.inspect_image(container.image.id)["Config"]["Healthcheck"]["Test"]
+    assert test[0] == "CMD", test
+    return container.exec_run(test[1:]).exit_code
+
+
+def _run_output(docker_client, image: str, *args: str, entrypoint=None) -> str:
+    out = docker_client.containers.run(image, list(args), entrypoint=entrypoint, remove=True,
+                                       stdout=True, stderr=True)
+    return out.decode()
+
+
+def _endpoint(docker_client, alias: str) -> dict:
+    return docker_client.api.create_endpoint_config(aliases=[alias])
+
+
+# --- what is in the images -----------------------------------------------------------------
+
+
+def test_three_images_build_from_the_base(built_images, base_image, docker_api):
+    assert sorted(built_images) == ["aggregator", "proxy", "site"]
+    base_layers = docker_api.inspect_image(base_image)["RootFS"]["Layers"]
+    for image in built_images.values():
+        info = docker_api.inspect_image(image.ref)
+        assert info["Id"] == image.id
+        assert info["RootFS"]["Layers"][: len(base_layers)] == base_layers, image.ref
+    assert built_images["site"].tag.endswith("-cpu")
+
+
+@pytest.mark.parametrize("kind", ["aggregator", "site", "proxy"])
+def test_runs_as_uid_10001(built_images, docker_client, kind):
+    image = built_images[kind].ref
+    assert docker_client.api.inspect_image(image)["Config"]["User"] == "10001:10001"
+    assert _run_output(docker_client, image, "-u", entrypoint="id").strip() == "10001"
+
+
+@pytest.mark.parametrize(("kind", "program"), [("aggregator", "flower-superlink"), ("site", "flower-supernode")])
+def test_flower_version_inside(built_images, docker_client, kind, program):
+    info = docker_client.api.inspect_image(built_images[kind].ref)
+    assert info["Config"]["Entrypoint"] == [program]
+    assert "Flower version: 1.41.0" in _run_output(docker_client, built_images[kind].ref, "--version")
+
+
+@pytest.mark.parametrize("kind", ["aggregator", "site"])
+def test_torch_imports_inside(built_images, docker_client, kind):
+    out = _run_output(docker_client, built_images[kind].ref, "-c",
+                      "import torch, numpy; print(torch.__version__, torch.cuda.is_available())",
+                      entrypoint="python")
+    assert out.split() == ["2.13.0+cpu", "False"]
+
+
+def test_labels(built_images, docker_client):
+    for kind, image in built_images.items():
+        labels = docker_client.api.inspect_image(image.ref)["Config"]["Labels"]
+        assert labels["org.opencontainers.image.title"] == f"nbfed-{kind}"
+        assert labels["org.opencontainers.image.version"]
+        assert labels["org.opencontainers.image.source"]
+        assert labels[images.LABEL_CONTENT_TAG] == image.tag
+        if kind != "proxy":
+            # the notebook the image was first built for (code changes reuse the image)
+            if image.built:
+                assert labels[images.LABEL_NOTEBOOK] == "test.ipynb"
+                assert labels[images.LABEL_NOTEBOOK_SHA256] == "0" * 64
+            assert labels[images.LABEL_NOTEBOOK] and labels[images.LABEL_NOTEBOOK_SHA256]
+            assert labels[images.LABEL_FLWR_VERSION] == "1.41.0"
+            assert labels[images.LABEL_FLAVOUR] == "cpu"
+            assert len(labels[images.LABEL_LOCK_SHA256]) == 64
+
+
+def test_healthcheck_defined(built_images, docker_client):
+    for image in built_images.values():
+        health = docker_client.api.inspect_image(image.ref)["Config"]["Healthcheck"]
+        assert health["Test"][0] == "CMD" and len(health["Test"]) > 1, image.ref
+
+
+@pytest.mark.parametrize("kind", ["aggregator", "site"])
+def test_no_wheelhouse_in_the_final_image(built_images, docker_client, kind):
+    out = _run_output(docker_client, built_images[kind].ref, "-c",
+                      "ls -d /wheels /lock 2>/dev/null; "
+                      "find / -xdev \\( -name 'torch-*.whl' -o -name 'flwr-*.whl' \\) 2>/dev/null; echo done",
+                      entrypoint="sh")
+    assert out.strip() == "done", out
+
+
+def test_lock_pins_every_wheel_with_its_hash(built_images):
+    locks = list((BUILD_DIR / "wheelhouse" / "cpu").glob("*/requirements.lock"))
+    assert locks
+    lines = [line for line in locks[0].read_text().splitlines() if line and not line.startswith("#")]
+    assert lines and all("--hash=sha256:" in line for line in lines)
+    assert any(line.startswith("flwr==1.41.0 ") for line in lines)
+    assert any(line.startswith("torch==2.13.0+cpu ") for line in lines)
+
+
+# --- content tags and caching --------------------------------------------------------------
+
+
+def test_second_build_rebuilds_nothing(built_images, base_image):
+    started = time.monotonic()
+    again = images.build_images(TEST_REQUIREMENTS, flavours=("cpu",), base_image=base_image,
+                                build_dir=BUILD_DIR, labels={"notebook": "test.ipynb"}, console=_quiet())
+    assert time.monotonic() - started < 60
+    assert {i.kind: (i.ref, i.id) for i in again} == {k: (i.ref, i.id) for k, i in built_images.items()}
+    assert not any(i.built for i in again)
+
+
+def test_changed_requirements_change_the_tag(built_images, base_image, docker_api):
+    base_digest = images.base_image_digest(docker_api, base_image)
+    specs = images.plan_images(TEST_REQUIREMENTS + ["six==1.17.0"], flavours=("cpu",), base_image=base_image,
+                               base_digest=base_digest, build_dir=BUILD_DIR, console=_quiet())
+    tags = {s.kind: s.tag for s in specs}
+    assert tags["aggregator"] != built_images["aggregator"].tag
+    assert tags["site"] != built_images["site"].tag and tags["site"].endswith("-cpu")
+    assert tags["proxy"] == built_images["proxy"].tag  # the proxy has no Python dependencies
+    same = images.plan_images(list(reversed(TEST_REQUIREMENTS)) + ["flwr>=1.0"], flavours=("cpu",),
+                              base_image=base_image, base_digest=base_digest, build_dir=BUILD_DIR, console=_quiet())
+    assert {s.kind: s.tag for s in same} == {k: i.tag for k, i in built_images.items()}
+
+
+def test_cpu_flavour_refuses_a_cuda_torch(tmp_path):
+    # torch 2.14.1 is a CUDA build here: refused after resolving, before any download
+    with pytest.raises(images.ImagesError, match="CUDA build of torch"):
+        images.prepare_wheelhouse(["torch==2.14.1"], "cpu", tmp_path, console=_quiet())
+    assert not list((tmp_path / "wheelhouse" / "cpu" / "pool").glob("*.whl"))
+
+
+def test_cuda_flavour_resolves_cuda_wheels_without_downloading():
+    resolved = images.resolve_requirements(["torch==2.14.1"], "cuda", console=_quiet())
+    names = {r.name.lower() for r in resolved}
+    assert "torch" in names and "flwr" in names
+    assert any(n.startswith("nvidia-") for n in names)
+
+
+def test_missing_base_image_says_what_to_do(docker_api):
+    with pytest.raises(images.ImagesError, match=r"images/base/build\.sh"):
+        images.base_image_digest(docker_api, "nbfed/no-such-base:never")
+
+
+# --- health checks and the proxy at run time -----------------------------------------------
+
+
+def test_superlink_healthcheck_follows_tls(built_images, container_factory, pki):
+    certs = {str(pki): {"bind": "/certs", "mode": "ro"}}
+    tls = container_factory(built_images["aggregator"].ref, SUPERLINK_TLS, volumes=certs)
+    plain = container_factory(built_images["aggregator"].ref, ["--insecure", "--host", "0.0.0.0"],
+                              environment={"NBFED_INSECURE": "1"})
+    wait_for(lambda: _run_healthcheck(tls) == 0, 60, what="the TLS SuperLink's health check")
+    wait_for(lambda: _run_healthcheck(plain) == 0, 60, what="the insecure SuperLink's health check")
+    # the TLS check is really TLS: plain http to the TLS port fails, and vice versa
+    assert tls.exec_run(["sh", "-c", "NBFED_INSECURE=1 " + _health_shell(tls)]).exit_code != 0
+    assert plain.exec_run(["sh", "-c", "NBFED_INSECURE=0 " + _health_shell(plain)]).exit_code != 0
+
+
+def _health_shell(container) -> str:
+    test = container.client.api.inspect_image(container.image.id)["Config"]["Healthcheck"]["Test"]
+    return " ".join("'" + part.replace("'", "'\\''") + "'" for part in test[1:])
+
+
+def test_proxy_forwards_only_fleet_and_health(built_images, container_factory, docker_client, pki, tmp_path):
+    net = container_factory.network()
+    certs = {str(pki): {"bind": "/certs", "mode": "ro"}}
+    superlink = container_factory(built_images["aggregator"].ref, SUPERLINK_TLS, volumes=certs,
+                                  network=net.name, networking_config={net.name: _endpoint(docker_client, "superlink")})
+    proxy = container_factory(built_images["proxy"].ref, volumes=certs, network=net.name,
+                              networking_config={net.name: _endpoint(docker_client, "proxy")})
+    wait_for(lambda: _run_healthcheck(superlink) == 0, 60, what="SuperLink's health check")
+    wait_for(lambda: _run_healthcheck(proxy) == 0, 30, what="the proxy's health check")
+    client = container_factory(built_images["site"].ref, ["infinity"], entrypoint="sleep", volumes=certs,
+                               network=net.name)
+
+    def status(path: str, host: str = "proxy") -> int:
+        result = client.exec_run(["python", "-c", HTTPS_STATUS, host, path])
+        assert result.exit_code == 0, result.output.decode()
+        return int(result.output.decode().split()[-1])
+
+    assert status("/health") == 200
+    assert status("/v1/control/list-runs") == 403
+    assert status("/v1/runtime/pull-messages") == 403
+    assert status("/") == 403
+    assert status("/v1/fleet/../control/list-runs") == 403
+    assert status("/v1/fleet/%2e%2e/control/list-runs") == 403
+    assert status("/v1/fleet/..%2fcontrol/list-runs") == 403
+    # reached SuperLink (its own answer to an unknown/GET fleet path, not the proxy's 403)
+    assert status("/v1/fleet/no-such-endpoint") in (404, 405)
+    assert status("/v1/control/list-runs", host="superlink") == 405  # direct: SuperLink itself
+
+    # a proxy that does not trust SuperLink's certificate refuses to forward
+    other = make_pki(tmp_path / "other", "some other CA")
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for name in ("server.pem", "server.key"):
+        shutil.copy(pki / name, mixed / name)
+    shutil.copy(other / "ca.crt", mixed / "ca.crt")
+    for path in [mixed, *mixed.iterdir()]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    container_factory(built_images["proxy"].ref, volumes={str(mixed): {"bind": "/certs", "mode": "ro"}},
+                      network=net.name, networking_config={net.name: _endpoint(docker_client, "badproxy")})
+    bad = ["python", "-c", HTTPS_STATUS, "badproxy", "/health", "no-name-check"]  # its cert names "proxy"
+    wait_for(lambda: client.exec_run(bad).exit_code == 0, 30, what="the second proxy")
+    assert client.exec_run(bad).output.decode().split()[-1] == "502"
+
+
+def test_supernode_connects_through_the_proxy(built_images, container_factory, docker_client, pki):
+    net = container_factory.network()
+    certs = {str(pki): {"bind": "/certs", "mode": "ro"}}
+    superlink = container_factory(built_images["aggregator"].ref, SUPERLINK_TLS, volumes=certs,
+                                  network=net.name, networking_config={net.name: _endpoint(docker_client, "superlink")})
+    proxy = container_factory(built_images["proxy"].ref, volumes=certs, network=net.name,
+                              networking_config={net.name: _endpoint(docker_client, "proxy")})
+    wait_for(lambda: _run_healthcheck(superlink) == 0, 60, what="SuperLink's health check")
+    supernode = container_factory(built_images["site"].ref,
+                                  ["--superlink", "proxy:8000", "--root-certificates", "/certs/ca.crt"],
+                                  volumes=certs, network=net.name, read_only=True,
+                                  tmpfs={"/tmp": "", "/home/nbfed": "uid=10001,gid=10001"})
+    wait_for(lambda: _run_healthcheck(supernode) == 0, 60, what="SuperNode's health check")
+
+    def fleet_ok() -> bool:
+        log = proxy.logs().decode()
+        return any("/v1/fleet/" in line and '" 200 ' in line for line in log.splitlines())
+
+    wait_for(fleet_ok, 60, what="a SuperNode request answered 200 through the proxy")
+    supernode.reload()
+    assert supernode.status == "running", supernode.logs().decode()[-2000:]
+    assert "/v1/control/" not in proxy.logs().decode()
+
+
+def test_bootstrapped_base_is_reused(base_image):
+    if base_image != "nbfed/base:bookworm":
+        pytest.skip("the tests use another base image")
+    rootfs = Path(BUILD_DIR) / "base" / "rootfs.tar"
+    assert rootfs.is_file() and rootfs.stat().st_size > 50_000_000
+
+
+# --- no engine needed ----------------------------------------------------------------------
+
+
+def test_no_engine_says_how_to_start_one(monkeypatch, tmp_path):
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-docker.sock")
+    with pytest.raises(images.ImagesError, match=r"\.ci/docker-engine"):
+        images.docker_client()
+
+
+def test_requirements_always_pin_flwr():
+    reqs = images.normalise_requirements(["numpy  # arrays", "flwr[simulation]>=1.20", "flwr-datasets", "numpy", ""])
+    assert reqs == ["flwr-datasets", "numpy", "flwr==1.41.0"]
+    with pytest.raises(images.ImagesError, match="NBFED_TORCH_INDEX_URL"):
+        images.normalise_requirements(["--extra-index-url https://example.invalid/simple"])
+
+
+def test_content_tag_changes_with_each_input():
+    base = {"base_image_digest": "sha256:1", "context_files": {"Dockerfile": b"FROM x"}, "lock": "a", "flavour": "cpu"}
+    tag = images.content_tag(**base)
+    assert len(tag) == 12 and tag == images.content_tag(**base)
+    for change in ({"base_image_digest": "sha256:2"}, {"context_files": {"Dockerfile": b"FROM y"}},
+                   {"lock": "b"}, {"flavour": "cuda"}, {"flwr_version": "1.42.0"}):
+        assert images.content_tag(**{**base, **change}) != tag, change
