@@ -69,6 +69,30 @@ def convert_cmd(notebook: NotebookArg, out: Annotated[Path, typer.Option("-o", "
     console.print(f"{notebook} -> {out} (package {generated.package}); `flwr build --app {out}` bundles it")
 
 
+@app.command("build-images")
+def build_images_cmd(
+    notebook: NotebookArg,
+    flavour: Annotated[list[str], typer.Option(help="Site image flavour: cpu and/or cuda (repeatable).")] = ["cpu"],
+    base_image: Annotated[str, typer.Option(envvar="NBFED_BASE_IMAGE", help="Python 3.11 base image (images/base/build.sh makes nbfed/base:bookworm where nothing can be pulled).")] = "python:3.11-slim-bookworm",
+    build_dir: Annotated[Path, typer.Option(help="Build tree: wheelhouse and contexts, reused between builds.")] = Path("build"),
+    env_file: Annotated[Path, typer.Option(help="Write the image references here for compose.")] = Path("compose/.env"),
+) -> None:
+    """Build the aggregator, proxy and site images for a notebook's requirements (cached by content)."""
+    from nbfed.images import ImagesError, build_images
+
+    try:
+        nb = read_notebook(notebook)
+        images = build_images(nb.requirements, flavours=flavour, base_image=base_image, build_dir=build_dir,
+                              labels={"notebook": nb.name, "notebook_sha256": nb.sha256}, console=console)
+    except (NotebookError, ImagesError) as e:
+        raise _fail(str(e))
+    refs = {f"NBFED_{(i.kind + ('_' + i.flavour if i.kind == 'site' and i.flavour != 'cpu' else '')).upper()}_IMAGE": i.ref
+            for i in images}
+    env_file.parent.mkdir(parents=True, exist_ok=True)
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in sorted(refs.items())))
+    console.print(f"image references written to {env_file}")
+
+
 @app.command("synth-data")
 def synth_data_cmd(
     out: Annotated[Path, typer.Option("-o", "--out", help="Output directory (one subdirectory per site).")],

@@ -48,6 +48,8 @@ from nbfed import __version__ as NBFED_VERSION
 
 FLWR_VERSION = "1.41.0"
 FLWR_REQUIREMENT = f"flwr=={FLWR_VERSION}"
+# The torch range nbfed is tested with (pyproject.toml); pip intersects it with the notebook's.
+TORCH_RANGE = "torch>=2.4,<2.14"
 DEFAULT_BASE_IMAGE = "python:3.11-slim-bookworm"
 BOOTSTRAP_BASE_IMAGE = "nbfed/base:bookworm"
 FLAVOURS: tuple[str, ...] = ("cpu", "cuda")
@@ -158,7 +160,7 @@ def normalise_requirements(requirements: Iterable[str]) -> list[str]:
     """The requirement lines that go into an image: cleaned, de-duplicated, flwr pinned.
 
     A notebook's own flwr line is replaced by the pin: every component must run the same
-    Flower version.
+    Flower version; torch is kept in the range the toolkit is tested with.
     """
     out: list[str] = []
     for raw in requirements:
@@ -175,7 +177,7 @@ def normalise_requirements(requirements: Iterable[str]) -> list[str]:
             continue
         if line not in out:
             out.append(line)
-    return sorted(out, key=str.lower) + [FLWR_REQUIREMENT]
+    return sorted(out, key=str.lower) + [FLWR_REQUIREMENT, TORCH_RANGE]
 
 
 def _canonical(name: str) -> str:
@@ -214,14 +216,16 @@ def _pip_target_args() -> list[str]:
     return args
 
 
-def _run_pip(args: list[str], console: Console, what: str, show: tuple[str, ...] = ()) -> list[str]:
+def _run_pip(args: list[str], console: Console, what: str, show: tuple[str, ...] = (),
+             cwd: Path | None = None) -> list[str]:
     """Run pip, streaming the lines that start with one of `show`; raise with its tail on failure."""
     cmd = [sys.executable, "-m", "pip", *args]
     env = dict(os.environ, PIP_PROGRESS_BAR="off", PIP_DISABLE_PIP_VERSION_CHECK="1",
-               PIP_NO_INPUT="1", PYTHONUNBUFFERED="1")
+               PIP_NO_INPUT="1", PYTHONUNBUFFERED="1", SOURCE_DATE_EPOCH="315532800")
     lines: list[str] = []
     with console.status(f"{what}…") as status:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                                cwd=cwd)
         assert proc.stdout is not None
         for line in proc.stdout:
             line = line.rstrip()
@@ -240,6 +244,34 @@ def _run_pip(args: list[str], console: Console, what: str, show: tuple[str, ...]
                     "version that has one, or check the package name.")
         raise ImagesError(f"{what} failed (pip exit code {code}):\n{tail}{hint}")
     return lines
+
+
+def nbfed_wheel(build_dir: Path, console: Console) -> Path:
+    """nbfed itself as a wheel, for the aggregator image.
+
+    The aggregator's one-shot runner (`nbfed register`, `nbfed submit`) converts the
+    notebook, submits it on the host's loopback and writes the report. The wheel is built
+    from a copy of the sources into a directory named by their hash, so the same sources
+    give the same wheel, lock and image tag, and a source change gives a new one.
+    """
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "pyproject.toml").is_file():
+        raise ImagesError(f"nbfed's sources are not in {root}: build images from a source checkout")
+    sources = [root / "pyproject.toml", root / "README.md",
+               *(p for p in sorted((root / "nbfed").rglob("*")) if p.is_file() and "__pycache__" not in p.parts)]
+    digest = hashlib.sha256()
+    for path in sources:
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    out = Path(build_dir).resolve() / "wheelhouse" / "nbfed" / digest.hexdigest()[:16]
+    if wheels := sorted(out.glob("nbfed-*.whl")):
+        return wheels[0]
+    with tempfile.TemporaryDirectory(prefix="nbfed-src-") as tmp:
+        for path in sources:
+            target = Path(tmp) / path.relative_to(root)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
+        _run_pip(["wheel", "--no-deps", "--wheel-dir", str(out), tmp], console, "building the nbfed wheel", cwd=Path(tmp))
+    return sorted(out.glob("nbfed-*.whl"))[0]
 
 
 def _wheel_requires(path: Path) -> list[str]:
@@ -572,6 +604,9 @@ def plan_images(
 
     wheelhouses = {"cpu": prepare_wheelhouse(requirements, "cpu", build_dir, torch_index_url,
                                              console=console)}
+    # the aggregator also runs nbfed itself (the run stage's converter, submitter and report)
+    control = [*requirements, f"nbfed @ {nbfed_wheel(build_dir, console).as_uri()}"]
+    wheelhouses["aggregator"] = prepare_wheelhouse(control, "cpu", build_dir, torch_index_url, console=console)
     for flavour in flavours:
         if flavour not in wheelhouses:
             wheelhouses[flavour] = prepare_wheelhouse(
@@ -586,7 +621,7 @@ def plan_images(
                            buildargs={**proxy_args, "CONTENT_TAG": proxy_tag}))
     for kind, flavour in [("aggregator", "cpu"), *(("site", f) for f in flavours)]:
         dockerfile_dir = src / kind
-        wheelhouse = wheelhouses[flavour]
+        wheelhouse = wheelhouses["aggregator" if kind == "aggregator" else flavour]
         digest = lock_digest(wheelhouse)
         tag = content_tag(base_image_digest=base_digest, context_files=_context_files(dockerfile_dir),
                           lock=digest, flavour=flavour)
