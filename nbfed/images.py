@@ -381,7 +381,12 @@ def prepare_wheelhouse(
     resolved = resolve_requirements(requirements, flavour, torch_index_url, console=console)
     _guard_flavour(flavour, resolved)
 
-    # 2. download what the pool lacks, by exact URL
+    # 2. download what the pool lacks, by exact URL; local wheels (nbfed's own) are copied
+    # afresh, since one file name stands for every build of the sources
+    for r in resolved:
+        if r.url.startswith("file:"):
+            (pool / r.filename).unlink(missing_ok=True)  # never write through older hard links
+            shutil.copy2(unquote(urlparse(r.url).path), pool / r.filename)
     missing = [r for r in resolved if not (pool / r.filename).is_file()]
     if missing:
         console.print(f"wheelhouse [bold]{flavour}[/bold]: downloading {len(missing)} of "

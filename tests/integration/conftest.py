@@ -24,8 +24,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 BUILD_DIR = Path(os.environ.get("NBFED_TEST_BUILD_DIR", ROOT / "build"))
 BOOTSTRAP_BASE = "nbfed/base:bookworm"
-# What the images are built with in tests: the CPU torch this machine serves from disk.
-TEST_REQUIREMENTS = ["torch==2.13.0", "numpy"]
+TEMPLATE = ROOT / "notebook" / "template.ipynb"
+
+
+def template_requirements() -> list[str]:
+    """What the images are built with in tests: the template's, as the demo builds them."""
+    from nbfed.notebook import read_notebook
+
+    return read_notebook(TEMPLATE).requirements
 
 
 @pytest.fixture(scope="session")
@@ -77,11 +83,11 @@ def built_images(docker_api, base_image):
     from nbfed.images import build_images
 
     images = build_images(
-        TEST_REQUIREMENTS,
+        template_requirements(),
         flavours=("cpu",),
         base_image=base_image,
         build_dir=BUILD_DIR,
-        labels={"notebook": "test.ipynb", "notebook_sha256": "0" * 64},
+        labels={"notebook": TEMPLATE.name, "notebook_sha256": "0" * 64},
         console=Console(stderr=True, width=120),
     )
     return {image.kind: image for image in images}

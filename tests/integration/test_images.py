@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import BUILD_DIR, TEST_REQUIREMENTS, make_pki, wait_for
+from conftest import BUILD_DIR, make_pki, template_requirements, wait_for
 from rich.console import Console
 
 from nbfed import images
@@ -136,7 +136,7 @@ def test_lock_pins_every_wheel_with_its_hash(built_images):
 
 def test_second_build_rebuilds_nothing(built_images, base_image):
     started = time.monotonic()
-    again = images.build_images(TEST_REQUIREMENTS, flavours=("cpu",), base_image=base_image,
+    again = images.build_images(template_requirements(), flavours=("cpu",), base_image=base_image,
                                 build_dir=BUILD_DIR, labels={"notebook": "test.ipynb"}, console=_quiet())
     assert time.monotonic() - started < 60
     assert {i.kind: (i.ref, i.id) for i in again} == {k: (i.ref, i.id) for k, i in built_images.items()}
@@ -145,13 +145,13 @@ def test_second_build_rebuilds_nothing(built_images, base_image):
 
 def test_changed_requirements_change_the_tag(built_images, base_image, docker_api):
     base_digest = images.base_image_digest(docker_api, base_image)
-    specs = images.plan_images(TEST_REQUIREMENTS + ["six==1.17.0"], flavours=("cpu",), base_image=base_image,
+    specs = images.plan_images(template_requirements() + ["six==1.17.0"], flavours=("cpu",), base_image=base_image,
                                base_digest=base_digest, build_dir=BUILD_DIR, console=_quiet())
     tags = {s.kind: s.tag for s in specs}
     assert tags["aggregator"] != built_images["aggregator"].tag
     assert tags["site"] != built_images["site"].tag and tags["site"].endswith("-cpu")
     assert tags["proxy"] == built_images["proxy"].tag  # the proxy has no Python dependencies
-    same = images.plan_images(list(reversed(TEST_REQUIREMENTS)) + ["flwr>=1.0"], flavours=("cpu",),
+    same = images.plan_images(list(reversed(template_requirements())) + ["flwr>=1.0"], flavours=("cpu",),
                               base_image=base_image, base_digest=base_digest, build_dir=BUILD_DIR, console=_quiet())
     assert {s.kind: s.tag for s in same} == {k: i.tag for k, i in built_images.items()}
 
