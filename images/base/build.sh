@@ -19,11 +19,18 @@ repo=$(cd "$here/../.." && pwd)
 image=${1:-${NBFED_BASE_IMAGE:-nbfed/base:bookworm}}
 build_dir=${NBFED_BUILD_DIR:-$repo/build}
 suite=${DEBIAN_SUITE:-bookworm}
-mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 cache=$build_dir/base/rootfs.tar
 
 say() { printf 'base: %s\n' "$*"; }
 die() { printf 'base: ERROR: %s\n' "$*" >&2; exit 1; }
+
+# The Debian mirror this host's own apt uses (first non-security source), unless DEBIAN_MIRROR says.
+host_mirror() {
+    { grep -hE '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null | awk '{print $2}'
+      grep -hE '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}'; } |
+        grep -v -- '-security' | head -n 1
+}
+mirror=${DEBIAN_MIRROR:-$(host_mirror)}
 
 docker info >/dev/null 2>&1 || die "the Docker Engine does not answer; start it (as root: .ci/docker-engine)"
 
@@ -35,6 +42,7 @@ fi
 if [ ! -s "$cache" ]; then
     command -v debootstrap >/dev/null 2>&1 || die "debootstrap is missing (apt-get install debootstrap)"
     [ "$(id -u)" -eq 0 ] || die "debootstrap needs root"
+    [ -n "$mirror" ] || die "no Debian mirror in this host's apt sources: set DEBIAN_MIRROR"
     mkdir -p "$(dirname "$cache")"
     rootfs=$(mktemp -d "$build_dir/base/rootfs.XXXXXX")
     trap 'rm -rf "$rootfs" "$cache.partial"' EXIT
