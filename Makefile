@@ -4,8 +4,11 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 DATA   := data/synthetic
 PYTEST_ARGS ?=
+# Where no registry can be reached, images/base/build.sh makes this base from Debian packages;
+# elsewhere use BASE_IMAGE=python:3.11-slim-bookworm.
+BASE_IMAGE ?= nbfed/base:bookworm
 
-.PHONY: demo test unit lint clean
+.PHONY: demo test unit images dry-run clean
 
 $(BIN)/nbfed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +21,14 @@ $(DATA)/manifest.json: | $(BIN)/nbfed
 
 demo: $(BIN)/nbfed $(DATA)/manifest.json
 	$(BIN)/nbfed run-local notebook/template.ipynb --data $(DATA) --baselines
+
+images: $(BIN)/nbfed
+	@if [ "$(BASE_IMAGE)" = nbfed/base:bookworm ]; then images/base/build.sh; fi
+	$(BIN)/nbfed build-images notebook/template.ipynb --base-image $(BASE_IMAGE)
+
+dry-run: images $(DATA)/manifest.json
+	docker compose -f compose/dry-run.yml up --exit-code-from runner
+	docker compose -f compose/dry-run.yml down --volumes
 
 test: $(BIN)/nbfed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
