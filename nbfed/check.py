@@ -192,17 +192,29 @@ def _config(nb: Notebook, trees: dict[int, ast.Module]) -> list[Violation]:
             )
         try:
             value = ast.literal_eval(assigns[-1].value)
-        except ValueError as err:
+        except ValueError:
+            node = _first_non_literal(assigns[-1].value)
             out.append(
                 Violation(
                     cell.label,
-                    f"{CONFIG_NAME} is not a literal ({err}) at line {assigns[-1].lineno}",
+                    f"{CONFIG_NAME} is not a literal: '{ast.unparse(node)}' at line {node.lineno} is computed, not written out",
                     f"write {CONFIG_NAME} with literal values only: numbers, strings, booleans and nested dicts; no names or calls",
                 )
             )
             continue
         out += [Violation(cell.label, problem, fix) for problem, fix in config_problems(value)]
     return out
+
+
+def _first_non_literal(node: ast.expr) -> ast.expr:
+    """The outermost sub-expression that `ast.literal_eval` refuses."""
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, ast.expr):
+            try:
+                ast.literal_eval(child)
+            except ValueError:
+                return _first_non_literal(child) if isinstance(child, (ast.Dict, ast.List, ast.Tuple, ast.Set)) else child
+    return node
 
 
 def _assigns(node: ast.Assign, name: str) -> bool:

@@ -16,7 +16,7 @@ from nbfed.notebook import NotebookError, read_notebook
 app = typer.Typer(help="Notebook Federator: a Jupyter notebook to a cross-silo Flower federation.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # messages stay one line each, for logs and grep
 
 NotebookArg = Annotated[Path, typer.Argument(help="The notebook (.ipynb) with tagged cells.")]
 
