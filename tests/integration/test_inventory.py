@@ -1,0 +1,230 @@
+"""playbooks/preflight.yml on inventory/local (passes, changes nothing, check mode too), on
+every wrong inventory in tests/fixtures/inventories (refused, naming the host and the
+variable, nothing changed), and inventory/clarify checked without connecting to its hosts.
+
+The local inventory is run as it is, with one more inventory source that only points the
+sites' site_data_dir at a temporary tree, so the repository's data/ is neither needed nor
+touched. Runs that reach the host probes need a Docker Engine with Compose v2 here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = ROOT / "tests" / "fixtures" / "inventories"
+SITES = ("site-a", "site-b", "site-c")
+
+#: Each wrong inventory: what the output must say (whitespace-normalised), host and variable.
+BAD_INVENTORIES: dict[str, list[str]] = {
+    "missing-data-dir": [
+        "fatal: [site-b]: FAILED!",
+        "Host site-b: site_data_dir is not set. Set it in the inventory to the absolute path",
+    ],
+    "relative-data-dir": [
+        "fatal: [site-a]: FAILED!",
+        "Host site-a: site_data_dir 'data/synthetic/site-a' is not an absolute path.",
+    ],
+    "invalid-address": [
+        "fatal: [site-c]: FAILED!",
+        "Host site-c: site_address '198.51.100.300' is neither an IP address nor a DNS name.",
+    ],
+    "invalid-aggregator-address": [
+        "fatal: [fl-aggregator]: FAILED!",
+        "Host fl-aggregator: aggregator_address 'https://fl.clarify.example:8000' is neither an IP address"
+        " nor a DNS name.",
+    ],
+    "duplicate-site": [
+        "fatal: [site-b]: FAILED!",
+        "fatal: [site-c]: FAILED!",
+        "Host site-b: site_name 'hospital' is also the site_name of site-c.",
+        "Host site-c: site_name 'hospital' is also the site_name of site-b.",
+    ],
+    "bad-site-name": [
+        "fatal: [site-a]: FAILED!",
+        "Host site-a: site_name 'Site_A' is not a valid site name.",
+    ],
+    "gpu-without-nvidia": [
+        "fatal: [site-b]: FAILED!",
+        "site site-b declares site_gpu: true but the Docker Engine on site-b has no nvidia runtime",
+        "install the NVIDIA Container Toolkit (nvidia-ctk runtime configure) or set site_gpu: false",
+    ],
+    "bad-type": [
+        "fatal: [site-a]: FAILED!",
+        "argument 'site_gpu' is of type str and we were unable to convert to bool",
+    ],
+    "bad-choice": [
+        "value of nbfed_image_delivery must be one of: local, archive, registry, got: ftp",
+    ],
+    "two-aggregators": [
+        "The inventory must put exactly one host in group 'aggregator'",
+        "it has 2: [fl-aggregator-2, fl-aggregator]",
+    ],
+    "too-few-sites": [
+        "nbfed_min_sites is 5 but the inventory has 3 site(s) (site-a, site-b, site-c)",
+    ],
+    "missing-notebook": [
+        "nbfed_notebook 'notebook/no-such-notebook.ipynb' is not a file on the control node",
+    ],
+}
+#: Wrong inventories refused by a host probe (the rest fail on the control node first).
+PROBED = {"gpu-without-nvidia"}
+
+RECAP = re.compile(r"^(?P<host>\S+)\s+:\s+ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+"
+                   r"unreachable=(?P<unreachable>\d+)\s+failed=(?P<failed>\d+)", re.MULTILINE)
+
+
+def ansible_tool(name: str) -> str:
+    beside = Path(sys.executable).parent / name
+    if beside.exists():
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        pytest.skip(f"{name} is not installed (pip install -e .)")
+    return found
+
+
+def run_ansible(tool: str, *args: str, data: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    if data is not None:
+        env["NBFED_TEST_DATA"] = str(data)
+    done = subprocess.run([ansible_tool(tool), *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+    done.output = done.stdout + done.stderr  # type: ignore[attr-defined]
+    return done
+
+
+def preflight(*args: str, data: Path | None = None) -> subprocess.CompletedProcess:
+    return run_ansible("ansible-playbook", "playbooks/preflight.yml", *args, data=data)
+
+
+def recap(output: str) -> dict[str, dict[str, int]]:
+    return {m["host"]: {k: int(m[k]) for k in ("ok", "changed", "unreachable", "failed")}
+            for m in RECAP.finditer(output)}
+
+
+def tree(path: Path) -> dict[str, tuple[int, int]]:
+    """Every file under path with its size and mtime: what a run must leave as it was."""
+    return {str(p.relative_to(path)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(path.rglob("*"))}
+
+
+def assert_nothing_changed(done: subprocess.CompletedProcess) -> dict[str, dict[str, int]]:
+    hosts = recap(done.output)
+    assert hosts, f"no PLAY RECAP in the output:\n{done.output}"
+    changed = {host: counts["changed"] for host, counts in hosts.items() if counts["changed"]}
+    assert not changed, f"preflight changed something on {changed}:\n{done.output}"
+    unreachable = {host for host, counts in hosts.items() if counts["unreachable"]}
+    assert not unreachable, f"unreachable: {unreachable}:\n{done.output}"
+    return hosts
+
+
+@pytest.fixture(scope="module")
+def site_data(tmp_path_factory) -> Path:
+    """A stand-in for `nbfed synth-data` output: site-a..c with train/ and test/ (placeholder files)."""
+    root = tmp_path_factory.mktemp("site-data")
+    for site in SITES:
+        for split in ("train", "test"):
+            for label in ("normal", "tumor"):
+                folder = root / site / split / label
+                folder.mkdir(parents=True)
+                (folder / "0.png").write_bytes(b"placeholder, not an image")
+    return root
+
+
+@pytest.fixture(scope="module")
+def docker_engine() -> None:
+    """Skip unless a Docker Engine answers and Compose v2 works (the host probes need both)."""
+    if shutil.which("docker") is None:
+        pytest.skip("no docker CLI here; start an engine as root: .ci/docker-engine")
+    for argv in (["docker", "info"], ["docker", "compose", "version"]):
+        if subprocess.run(argv, capture_output=True, timeout=60).returncode != 0:
+            pytest.skip(f"`{' '.join(argv)}` fails here; start an engine as root: .ci/docker-engine")
+
+
+def data_override(tmp_path: Path, data: Path) -> Path:
+    """An inventory source that only moves inventory/local's site_data_dir to `data`."""
+    lines = ["all:", "  children:", "    sites:", "      hosts:"]
+    lines += [f"        {site}: {{site_data_dir: '{data / site}'}}" for site in SITES]
+    path = tmp_path / "data-override.yml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("check", [False, True], ids=["run", "check-mode"])
+def test_local_inventory_passes_and_changes_nothing(docker_engine, site_data, tmp_path, check) -> None:
+    before = tree(site_data)
+    args = ["-i", "inventory/local", "-i", str(data_override(tmp_path, site_data))] + (["--check"] if check else [])
+    done = preflight(*args)
+    assert done.returncode == 0, done.output
+    hosts = assert_nothing_changed(done)
+    assert set(hosts) == {"local-aggregator", *SITES}, done.output
+    assert not any(counts["failed"] for counts in hosts.values()), done.output
+    assert tree(site_data) == before
+
+
+@pytest.mark.docker
+def test_local_inventory_without_data_says_how_to_make_it(docker_engine, tmp_path) -> None:
+    missing = tmp_path / "synthetic"
+    done = preflight("-i", "inventory/local", "-i", str(data_override(tmp_path, missing)))
+    assert done.returncode != 0, done.output
+    said = " ".join(done.output.split())
+    for site in SITES:
+        assert f"Site {site} (host {site}): the data directory {missing / site} does not exist" in said, done.output
+    assert "nbfed synth-data -o data/synthetic" in said, done.output
+    assert_nothing_changed(done)
+    assert not missing.exists()
+
+
+@pytest.mark.parametrize("name", sorted(BAD_INVENTORIES))
+def test_wrong_inventory_is_refused_naming_host_and_variable(name, site_data, request) -> None:
+    if name in PROBED:
+        request.getfixturevalue("docker_engine")
+    inventory = FIXTURES / name
+    before = tree(site_data), tree(inventory)
+    done = preflight("-i", str(inventory), data=site_data)
+    assert done.returncode != 0, f"{name} was accepted:\n{done.output}"
+    said = " ".join(done.output.split())
+    for expected in BAD_INVENTORIES[name]:
+        assert expected in said, f"{name}: expected {expected!r} in:\n{done.output}"
+    assert_nothing_changed(done)
+    assert (tree(site_data), tree(inventory)) == before
+
+
+def test_every_wrong_inventory_has_a_test() -> None:
+    assert {p.name for p in FIXTURES.iterdir() if p.is_dir()} == set(BAD_INVENTORIES)
+
+
+def test_clarify_inventory_graph() -> None:
+    done = run_ansible("ansible-inventory", "-i", "inventory/clarify", "--graph")
+    assert done.returncode == 0, done.output
+    graph = done.stdout
+    assert re.search(r"@aggregator:\n[ |]*\|--fl\.clarify\.example\n", graph), graph
+    for site in ("valencia", "amsterdam", "oslo"):
+        assert f"|--{site}" in graph, graph
+
+
+def test_clarify_inventory_passes_the_checks_without_connecting() -> None:
+    """preflight_probe_hosts=false: only the control-node checks; the example hosts are never reached."""
+    done = preflight("-i", "inventory/clarify", "-e", "preflight_probe_hosts=false")
+    assert done.returncode == 0, done.output
+    hosts = assert_nothing_changed(done)
+    assert set(hosts) == {"fl.clarify.example", "valencia", "amsterdam", "oslo"}, done.output
+
+
+def test_clarify_inventory_with_a_wrong_setting_fails_before_connecting() -> None:
+    """Probes on: the inventory check fails first, so none of the (unreachable) example hosts is contacted."""
+    done = preflight("-i", "inventory/clarify", "-e", "nbfed_min_sites=4")
+    assert done.returncode != 0, done.output
+    assert "nbfed_min_sites is 4 but the inventory has 3 site(s) (valencia, amsterdam, oslo)" in " ".join(
+        done.output.split()), done.output
+    assert_nothing_changed(done)  # unreachable=0: no connection was tried

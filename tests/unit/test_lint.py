@@ -1,0 +1,47 @@
+"""yamllint and ansible-lint (production profile, offline) on the repository's YAML and Ansible.
+
+Both read their settings from the repository root (.yamllint, .ansible-lint): yamllint checks
+every YAML file there (compose stacks included), ansible-lint the playbooks, roles and
+inventories. Neither needs the network or a Docker Engine.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def tool(name: str) -> str:
+    """The tool beside this Python (the venv's), else on PATH; else the test is skipped."""
+    beside = Path(sys.executable).parent / name
+    if beside.exists():
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        pytest.skip(f"{name} is not installed (pip install -e '.[test]')")
+    return found
+
+
+def run(argv: list[str], timeout: int = 120) -> subprocess.CompletedProcess:
+    env = dict(os.environ, NO_COLOR="1", ANSIBLE_NOCOLOR="1", PY_COLORS="0", ANSIBLE_FORCE_COLOR="0")
+    # The venv's ansible-* commands for ansible-lint's syntax check, even without `activate`.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_yamllint_is_clean() -> None:
+    done = run([tool("yamllint"), "--strict", "--format", "parsable", "."])
+    assert done.returncode == 0, f"yamllint -s . found problems:\n{done.stdout}{done.stderr}"
+
+
+def test_ansible_lint_production_profile_is_clean() -> None:
+    done = run([tool("ansible-lint"), "--offline", "--nocolor"])
+    assert done.returncode == 0, f"ansible-lint found problems:\n{done.stdout}{done.stderr}"
+    assert "Profile 'production' was required, and it passed" in done.stdout + done.stderr, done.stdout + done.stderr
