@@ -13,7 +13,7 @@ BASE_IMAGE ?= nbfed/base:bookworm
 $(BIN)/nbfed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[deploy,test]'
 	@touch $@
 
 $(DATA)/manifest.json: | $(BIN)/nbfed
