@@ -467,7 +467,14 @@ def resolve_requirements(
 
 
 def _guard_flavour(flavour: str, resolved: list[ResolvedWheel]) -> None:
-    if flavour != "cpu":
+    if flavour == "cuda":
+        cpu = [f"{r.name}=={r.version}" for r in resolved if _canonical(r.name) == "torch" and "+cpu" in r.version]
+        if cpu:
+            raise ImagesError(
+                f"the cuda flavour resolved to a CPU build of torch ({cpu[0]}; your pip configuration serves it). "
+                f"Point {TORCH_INDEX_ENV['cuda']} at a CUDA wheel index, or pin a torch version that resolves to a "
+                "CUDA build."
+            )
         return
     cuda = [f"{r.name}=={r.version}" for r in resolved if _canonical(r.name).startswith(("nvidia-", "triton", "cuda-"))]
     if cuda:
