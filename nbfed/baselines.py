@@ -8,6 +8,7 @@ the pooled test splits of all sites (confusion counts summed over sites).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import sys
@@ -39,26 +40,30 @@ def run_baselines(app: App, results: Path, data_dir: Path, console: Console) -> 
     sites = find_sites(data_dir)
     data = {site: task.load_data(str(path), config) for site, path in sites.items()}
 
+    log = open(results / "logs" / "baselines.log", "w")  # what the notebook's own code prints
+
     def on_pooled_test(model: torch.nn.Module) -> dict:
         per_site = {}
         for site, (_, test_set) in data.items():
-            metrics = dict(task.evaluate(model, test_set, config, device))
+            with contextlib.redirect_stdout(log):
+                metrics = dict(task.evaluate(model, test_set, config, device))
             per_site[site] = {**{k: float(v) for k, v in metrics.items()}, "num-examples": len(test_set)}
         return summarize_round(per_site)
 
     table: dict[str, dict] = {}
-    with Progress(console=console, transient=True) as progress:
+    with log, Progress(console=console, transient=True) as progress:
         bar = progress.add_task("baselines", total=len(sites) * num_rounds)
         for site, (train_set, _) in data.items():
             torch.manual_seed(int(config.get("seed", 0)))
             model = task.build_model(config).to(device)
             for r in range(num_rounds):
                 progress.update(bar, description=f"{site} alone: round {r + 1}/{num_rounds}")
-                task.train(model, train_set, config, device)
+                with contextlib.redirect_stdout(log):
+                    task.train(model, train_set, config, device)
                 progress.advance(bar)
             table[site] = on_pooled_test(model)
-    federated = task.build_model(config)
-    federated.load_state_dict(torch.load(results / "model" / "global_model.pt", weights_only=True))
-    table["federation"] = on_pooled_test(federated.to(device))
+        federated = task.build_model(config)
+        federated.load_state_dict(torch.load(results / "model" / "global_model.pt", weights_only=True))
+        table["federation"] = on_pooled_test(federated.to(device))
     (results / "baselines.json").write_text(json.dumps(table, indent=2, sort_keys=True) + "\n")
     return table
