@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 # elsewhere use BASE_IMAGE=python:3.11-slim-bookworm.
 BASE_IMAGE ?= nbfed/base:bookworm
 
-.PHONY: demo test unit images dry-run clean
+.PHONY: demo test unit lint images dry-run clean
 
 $(BIN)/nbfed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ dry-run: images $(DATA)/manifest.json
 
 test: $(BIN)/nbfed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(BIN)/nbfed
+	$(BIN)/yamllint -s .
+	$(BIN)/ansible-lint
 
 unit: $(BIN)/nbfed
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
