@@ -81,6 +81,10 @@ class Recorder:
         def on_aggregate_train(server_round, replies):
             replies = list(replies)
             self._collect("train", replies)
+            if replies and all(msg.has_error() for msg in replies):
+                # fail fast: without one result there is nothing to average, in any later round either
+                reasons = "; ".join(f"{node}: {why.strip().splitlines()[-1]}" for node, why in self._current["errors"].items())
+                raise RuntimeError(f"round {server_round}: no site returned a model ({reasons})")
             return aggregate_train(server_round, replies)
 
         def on_aggregate_evaluate(server_round, replies):

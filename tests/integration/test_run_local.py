@@ -75,3 +75,19 @@ def test_processes_are_cleaned_up(federation):
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     # every SuperNode's command line names its data directory, beside the results
     assert str(results.parent / "data") not in ps
+
+
+def test_a_failing_notebook_fails_fast_with_the_sites_reason_and_leaves_no_process(tmp_path):
+    from notebooks import minimal_cells, write_notebook
+
+    failing = "def load_data(data_dir: str, config: dict):\n    raise FileNotFoundError(f'no slides under {data_dir}/train')\n"
+    nb = write_notebook(tmp_path / "failing.ipynb", minimal_cells(data=failing))
+    generate(tmp_path / "data", scale=0.01, seed=3)
+    done = subprocess.run([str(NBFED), "run-local", str(nb), "--data", str(tmp_path / "data"), "--results",
+                           str(tmp_path / "results"), "--timeout", "300"], capture_output=True, text=True, timeout=400)
+    assert done.returncode == 1
+    assert "round 1: no site returned a model" in done.stderr
+    assert f"no slides under {tmp_path / 'data' / 'site-b'}/train" in done.stderr
+    assert json.loads((tmp_path / "results" / "run.json").read_text())["status"] == "failed"
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert str(tmp_path / "data") not in ps
