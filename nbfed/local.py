@@ -14,7 +14,8 @@ import socket
 import subprocess
 import tempfile
 import time
-from contextlib import ExitStack, closing
+from collections.abc import Iterator
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,22 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
         pass
 
 
+@contextmanager
+def _interrupted_by(*signals: int) -> Iterator[None]:
+    """Turn these signals into KeyboardInterrupt, so cleanup runs for Ctrl-C and `kill` alike
+    (a background job may even have inherited SIGINT as ignored)."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in signals}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def run_local(
     notebook: Path,
     data_dir: Path,
@@ -131,6 +148,7 @@ def run_local(
     run = prepare_run(notebook, results or default_results_dir(notebook), {"nbfed.min-sites": len(sites), **(overrides or {})})
     console.print(f"[bold]{notebook.name}[/bold] -> {len(sites)} sites ({', '.join(sites)}), {run.num_rounds} rounds; results in {run.results}")
     with ExitStack() as stack:
+        stack.enter_context(_interrupted_by(signal.SIGINT, signal.SIGTERM))
         flwr_home = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="nbfed-flwr-")))
         fed = LocalFederation(sites=sites, logs=run.results / "logs", flwr_home=flwr_home)
         stack.callback(fed.stop)

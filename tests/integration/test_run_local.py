@@ -91,3 +91,24 @@ def test_a_failing_notebook_fails_fast_with_the_sites_reason_and_leaves_no_proce
     assert json.loads((tmp_path / "results" / "run.json").read_text())["status"] == "failed"
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert str(tmp_path / "data") not in ps
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_interrupt_stops_every_process(tmp_path, sig):
+    import signal
+    import time
+
+    from notebooks import minimal_cells, write_notebook
+
+    nb = write_notebook(tmp_path / "nb.ipynb", minimal_cells())
+    generate(tmp_path / "data", scale=0.01, seed=4)
+    proc = subprocess.Popen([str(NBFED), "run-local", str(nb), "--data", str(tmp_path / "data"), "--results",
+                             str(tmp_path / "results")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "results" / "events.jsonl").exists() and time.monotonic() < deadline:
+        time.sleep(0.5)  # the run is under way once its ServerApp writes events
+    proc.send_signal(getattr(signal, sig))
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted; every process was stopped" in stderr
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert str(tmp_path / "data") not in ps
