@@ -26,6 +26,15 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _finish(results: Path, started: float) -> None:
+    """Write the report of a finished run and show its Table-2-style table."""
+    from nbfed.report import render_table, write_report
+
+    report = write_report(results)
+    console.print(render_table(results))
+    console.print(f"finished in {time.monotonic() - started:.0f} s; report: {report}")
+
+
 def _parse_settings(pairs: list[str]) -> dict[str, Any]:
     """KEY=VALUE run-config overrides; values are Python/JSON literals, else strings."""
     out: dict[str, Any] = {}
@@ -133,7 +142,6 @@ def run_local_cmd(
     """Run a real Flower federation on this machine: SuperLink + one SuperNode per site."""
     from nbfed.local import run_local
     from nbfed.superlink import RunFailed
-    from nbfed.report import render_table, write_report
 
     started = time.monotonic()
     try:
@@ -149,9 +157,7 @@ def run_local_cmd(
         raise _fail(str(e).strip("'\""))
     except KeyboardInterrupt:
         raise _fail("interrupted; every process was stopped", 130)
-    report = write_report(results_dir)
-    console.print(render_table(results_dir))
-    console.print(f"finished in {time.monotonic() - started:.0f} s; report: {report}")
+    _finish(results_dir, started)
 
 
 @app.command("register")
@@ -161,12 +167,9 @@ def register_cmd(
     ca: Annotated[Optional[Path], typer.Option(help="Consortium CA certificate; without it, plain HTTP (loopback only).")] = None,
 ) -> None:
     """Register sites' SuperNode public keys with SuperLink (already registered keys are kept)."""
-    import tempfile
+    from nbfed.superlink import RunFailed, connect
 
-    from nbfed.superlink import RunFailed, SuperLinkClient
-
-    with tempfile.TemporaryDirectory(prefix="nbfed-flwr-") as home:
-        client = SuperLinkClient(superlink, Path(home), ca)
+    with connect(superlink, ca) as client:
         for key in keys:
             site = key.name.removesuffix(".pub")
             try:
@@ -187,26 +190,20 @@ def submit_cmd(
     timeout: Annotated[float, typer.Option(help="Seconds before the run is abandoned.")] = 3600,
 ) -> None:
     """Submit the notebook's app to a running SuperLink, follow it, write the report."""
-    import tempfile
-
-    from nbfed.report import render_table, write_report
     from nbfed.submit import default_results_dir, submit
-    from nbfed.superlink import RunFailed, SuperLinkClient
+    from nbfed.superlink import RunFailed, connect
 
     started = time.monotonic()
     results = results_root / name if name else default_results_dir(notebook, results_root)  # "" counts as unset
     try:
-        with tempfile.TemporaryDirectory(prefix="nbfed-flwr-") as home:
-            client = SuperLinkClient(superlink, Path(home), ca)
+        with connect(superlink, ca) as client:
             run = submit(notebook, client, results, _parse_settings(set_), console, timeout)
     except (NotebookError, CheckFailed) as e:
         err.print(str(e), highlight=False, markup=False)
         raise typer.Exit(1)
     except (RunFailed, FileExistsError, KeyError) as e:
         raise _fail(str(e).strip("'\""))
-    report = write_report(run.results)
-    console.print(render_table(run.results))
-    console.print(f"finished in {time.monotonic() - started:.0f} s; report: {report}")
+    _finish(run.results, started)
 
 
 @app.command("pki")

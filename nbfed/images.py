@@ -45,9 +45,10 @@ from rich.console import Console
 from rich.table import Table
 
 from nbfed import __version__ as NBFED_VERSION
+from nbfed import contract
 
-FLWR_VERSION = "1.41.0"
-FLWR_REQUIREMENT = f"flwr=={FLWR_VERSION}"
+FLWR_REQUIREMENT = contract.FLWR_REQUIREMENT
+FLWR_VERSION = FLWR_REQUIREMENT.split("==")[1]
 # The torch range nbfed is tested with (pyproject.toml); pip intersects it with the notebook's.
 TORCH_RANGE = "torch>=2.4,<2.14"
 DEFAULT_BASE_IMAGE = "python:3.11-slim-bookworm"

@@ -44,14 +44,14 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
 
 
-def make_pki(out: Path, sans: list[str], sites: list[str], uid: int | None = None) -> None:
+def make_pki(out: Path, sans: list[str], sites: list[str], uid: int | None = None, ca_name: str = "nbfed dry-run CA") -> None:
     """Write the CA, a server certificate for `sans` and one node key per site into `out`."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "nodes").mkdir(exist_ok=True)
     now = dt.datetime.now(dt.timezone.utc)
     ca_key = ec.generate_private_key(ec.SECP384R1())
     ca = (
-        x509.CertificateBuilder().subject_name(_name("nbfed dry-run CA")).issuer_name(_name("nbfed dry-run CA"))
+        x509.CertificateBuilder().subject_name(_name(ca_name)).issuer_name(_name(ca_name))
         .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=VALID_DAYS))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)

@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,6 +77,13 @@ class SuperLinkClient:
             return str(self._json("ls", CONNECTION, "--run-id", str(run_id))["runs"][0]["status"])
         except (KeyError, IndexError):
             return "unknown"
+
+
+@contextmanager
+def connect(address: str, root_certificates: Path | None = None) -> Iterator[SuperLinkClient]:
+    """A client whose FLWR_HOME is thrown away afterwards (nothing of it outlives the command)."""
+    with tempfile.TemporaryDirectory(prefix="nbfed-flwr-") as home:
+        yield SuperLinkClient(address, Path(home), root_certificates)
 
 
 def read_events(path: Path, offset: int) -> tuple[list[dict[str, Any]], int]:

@@ -9,8 +9,6 @@ Debian packages (`images/base/build.sh`) unless NBFED_TEST_BASE_IMAGE names one 
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
 import os
 import shutil
 import subprocess
@@ -137,54 +135,18 @@ def wait_for(predicate, timeout: float = 60, interval: float = 0.5, what: str = 
         time.sleep(interval)
 
 
-def _write_cert(directory: Path, stem: str, cert, key) -> None:
-    from cryptography.hazmat.primitives import serialization
-
-    (directory / f"{stem}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (directory / f"{stem}.key").write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-
-
 def make_pki(directory: Path, ca_name: str = "nbfed test CA") -> Path:
-    """A CA (ca.crt) and two server certificates signed by it, readable by uid 10001:
-    superlink.pem/.key (SANs: superlink, localhost, 127.0.0.1) and server.pem/.key for the
-    proxy (SANs: proxy, localhost, 127.0.0.1). Test material only: the keys are world-readable.
+    """nbfed's throw-away PKI, one certificate for SuperLink and the proxy (SANs: superlink,
+    proxy, localhost, 127.0.0.1), also as superlink.pem/.key. Test material only: every file is
+    world-readable, so uid 10001 in the containers can read it.
     """
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    from nbfed.pki import make_pki as nbfed_pki
 
-    directory.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ca_name)])
-    ca = (x509.CertificateBuilder().subject_name(ca_subject).issuer_name(ca_subject)
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now).not_valid_after(now + dt.timedelta(days=2))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                       content_commitment=False, key_encipherment=False,
-                                       data_encipherment=False, key_agreement=False,
-                                       encipher_only=False, decipher_only=False), critical=True)
-          .sign(ca_key, hashes.SHA256()))
-    (directory / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    for stem, name in (("superlink", "superlink"), ("server", "proxy")):
-        key = ec.generate_private_key(ec.SECP256R1())
-        sans = [x509.DNSName(name), x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-        cert = (x509.CertificateBuilder()
-                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-                .issuer_name(ca_subject).public_key(key.public_key())
-                .serial_number(x509.random_serial_number())
-                .not_valid_before(now).not_valid_after(now + dt.timedelta(days=2))
-                .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-                .sign(ca_key, hashes.SHA256()))
-        _write_cert(directory, stem, cert, key)
-    for path in directory.iterdir():
-        path.chmod(0o644)
-    directory.chmod(0o755)
+    nbfed_pki(directory, ["superlink", "proxy", "localhost", "127.0.0.1"], sites=[], ca_name=ca_name)
+    shutil.copy(directory / "server.pem", directory / "superlink.pem")
+    shutil.copy(directory / "server.key", directory / "superlink.key")
+    for path in [directory, *directory.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
     return directory
 
 

@@ -197,7 +197,8 @@ def _health_shell(container) -> str:
     return " ".join("'" + part.replace("'", "'\\''") + "'" for part in test[1:])
 
 
-def test_proxy_forwards_only_fleet_and_health(built_images, container_factory, docker_client, pki, tmp_path):
+def _superlink_behind_proxy(built_images, container_factory, docker_client, pki):
+    """SuperLink (TLS, healthy) and the proxy on a fresh network: (network, cert mounts, superlink, proxy)."""
     net = container_factory.network()
     certs = {str(pki): {"bind": "/certs", "mode": "ro"}}
     superlink = container_factory(built_images["aggregator"].ref, SUPERLINK_TLS, volumes=certs,
@@ -205,6 +206,11 @@ def test_proxy_forwards_only_fleet_and_health(built_images, container_factory, d
     proxy = container_factory(built_images["proxy"].ref, volumes=certs, network=net.name,
                               networking_config={net.name: _endpoint(docker_client, "proxy")})
     wait_for(lambda: _run_healthcheck(superlink) == 0, 60, what="SuperLink's health check")
+    return net, certs, superlink, proxy
+
+
+def test_proxy_forwards_only_fleet_and_health(built_images, container_factory, docker_client, pki, tmp_path):
+    net, certs, _, proxy = _superlink_behind_proxy(built_images, container_factory, docker_client, pki)
     wait_for(lambda: _run_healthcheck(proxy) == 0, 30, what="the proxy's health check")
     client = container_factory(built_images["site"].ref, ["infinity"], entrypoint="sleep", volumes=certs,
                                network=net.name)
@@ -242,13 +248,7 @@ def test_proxy_forwards_only_fleet_and_health(built_images, container_factory, d
 
 
 def test_supernode_connects_through_the_proxy(built_images, container_factory, docker_client, pki):
-    net = container_factory.network()
-    certs = {str(pki): {"bind": "/certs", "mode": "ro"}}
-    superlink = container_factory(built_images["aggregator"].ref, SUPERLINK_TLS, volumes=certs,
-                                  network=net.name, networking_config={net.name: _endpoint(docker_client, "superlink")})
-    proxy = container_factory(built_images["proxy"].ref, volumes=certs, network=net.name,
-                              networking_config={net.name: _endpoint(docker_client, "proxy")})
-    wait_for(lambda: _run_healthcheck(superlink) == 0, 60, what="SuperLink's health check")
+    net, certs, _, proxy = _superlink_behind_proxy(built_images, container_factory, docker_client, pki)
     supernode = container_factory(built_images["site"].ref,
                                   ["--superlink", "proxy:8000", "--root-certificates", "/certs/ca.crt"],
                                   volumes=certs, network=net.name, read_only=True,
