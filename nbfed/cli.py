@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import time
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -85,21 +86,25 @@ def build_images_cmd(
     base_image: Annotated[str, typer.Option(envvar="NBFED_BASE_IMAGE", help="Python 3.11 base image (images/base/build.sh makes nbfed/base:bookworm where nothing can be pulled).")] = "python:3.11-slim-bookworm",
     build_dir: Annotated[Path, typer.Option(help="Build tree: wheelhouse and contexts, reused between builds.")] = Path("build"),
     env_file: Annotated[Path, typer.Option(help="Write the image references here for compose.")] = Path("compose/.env"),
+    json_: Annotated[bool, typer.Option("--json", help="Progress to stderr; the images as JSON on stdout (for the playbook).")] = False,
 ) -> None:
     """Build the aggregator, proxy and site images for a notebook's requirements (cached by content)."""
     from nbfed.images import ImagesError, build_images
 
+    out = err if json_ else console
     try:
         nb = read_notebook(notebook)
         images = build_images(nb.requirements, flavours=flavour, base_image=base_image, build_dir=build_dir,
-                              labels={"notebook": nb.name, "notebook_sha256": nb.sha256}, console=console)
+                              labels={"notebook": nb.name, "notebook_sha256": nb.sha256}, console=out)
     except (NotebookError, ImagesError) as e:
         raise _fail(str(e))
     refs = {f"NBFED_{(i.kind + ('_' + i.flavour if i.kind == 'site' and i.flavour != 'cpu' else '')).upper()}_IMAGE": i.ref
             for i in images}
     env_file.parent.mkdir(parents=True, exist_ok=True)
     env_file.write_text("".join(f"{k}={v}\n" for k, v in sorted(refs.items())))
-    console.print(f"image references written to {env_file}")
+    out.print(f"image references written to {env_file}")
+    if json_:
+        print(json.dumps({"images": refs, "built": [i.ref for i in images if i.built]}))
 
 
 @app.command("synth-data")
@@ -204,6 +209,37 @@ def submit_cmd(
     except (RunFailed, FileExistsError, KeyError) as e:
         raise _fail(str(e).strip("'\""))
     _finish(run.results, started)
+
+
+@app.command("status")
+def status_cmd(
+    superlink: Annotated[str, typer.Option(help="SuperLink Control API as host:port (the aggregator's loopback).")],
+    ca: Annotated[Optional[Path], typer.Option(help="Consortium CA certificate; without it, plain HTTP (loopback only).")] = None,
+    runs: Annotated[int, typer.Option(help="How many of the newest runs to list.")] = 5,
+    json_: Annotated[bool, typer.Option("--json", help="Print the SuperNodes and runs as JSON.")] = False,
+) -> None:
+    """The SuperNodes SuperLink knows (online, offline, registered) and its newest runs."""
+    from rich.table import Table
+
+    from nbfed.superlink import RunFailed, connect
+
+    try:
+        with connect(superlink, ca) as client:
+            nodes, recent = client.nodes(), client.runs()
+    except RunFailed as e:
+        raise _fail(str(e))
+    recent = sorted(recent, key=lambda r: int(r["run-id"]) if str(r["run-id"]).isdigit() else 0)[-runs:] if runs else []
+    if json_:
+        print(json.dumps({"nodes": nodes, "online": sum(n["status"] == "online" for n in nodes), "runs": recent}))
+        return
+    table = Table("node", "status", "registered", "online since", title="SuperNodes")
+    for n in nodes:
+        table.add_row(n["node-id"], n["status"], n["created-at"], n["online-at"])
+    console.print(table)
+    table = Table("run", "app", "status", "elapsed", title="Runs")
+    for r in recent:
+        table.add_row(r["run-id"], r["fab-name"], r["status"], str(r["elapsed"]))
+    console.print(table)
 
 
 @app.command("pki")

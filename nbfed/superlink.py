@@ -72,6 +72,20 @@ class SuperLinkClient:
             time.sleep(1)
         raise RunFailed(f"`flwr run` failed: {str(answer.get('error-message'))[-2000:]}")
 
+    def nodes(self) -> list[dict[str, Any]]:
+        """The registered SuperNodes: node-id, status (online, offline, registered), times."""
+        answer = self._json("supernode", "list", CONNECTION)
+        if not answer.get("success"):
+            raise RunFailed(f"listing the SuperNodes failed: {answer.get('error-message')}")
+        return list(answer["nodes"])
+
+    def runs(self) -> list[dict[str, Any]]:
+        """Every run SuperLink knows: run-id, fab-name, status, elapsed, ..."""
+        answer = self._json("ls", CONNECTION)
+        if not answer.get("success"):
+            raise RunFailed(f"listing the runs failed: {answer.get('error-message')}")
+        return list(answer["runs"])
+
     def run_status(self, run_id: int) -> str:
         try:
             return str(self._json("ls", CONNECTION, "--run-id", str(run_id))["runs"][0]["status"])
