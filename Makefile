@@ -1,4 +1,5 @@
-# The README's commands. `make demo` is the main job; `make test` runs every test tier.
+# The README's commands. `make demo` is the main job (deploy.yml on inventory/local); `make test`
+# runs every test tier.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -8,7 +9,7 @@ PYTEST_ARGS ?=
 # elsewhere use BASE_IMAGE=python:3.11-slim-bookworm.
 BASE_IMAGE ?= nbfed/base:bookworm
 
-.PHONY: demo test unit lint images dry-run clean
+.PHONY: demo engine run-local test unit lint images dry-run clean
 
 $(BIN)/nbfed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +20,15 @@ $(BIN)/nbfed: pyproject.toml
 $(DATA)/manifest.json: | $(BIN)/nbfed
 	$(BIN)/nbfed synth-data -o $(DATA)
 
-demo: $(BIN)/nbfed $(DATA)/manifest.json
+# A Docker Engine with the compose v2 plugin (installed and started as root when missing).
+engine:
+	@docker info >/dev/null 2>&1 && docker compose version >/dev/null 2>&1 || bash .ci/docker-engine
+
+demo: engine $(BIN)/nbfed $(DATA)/manifest.json
+	$(BIN)/ansible-playbook deploy.yml -i inventory/local
+
+# The same federation as plain processes on loopback (no Docker), with each site alone beside it.
+run-local: $(BIN)/nbfed $(DATA)/manifest.json
 	$(BIN)/nbfed run-local notebook/template.ipynb --data $(DATA) --baselines
 
 images: $(BIN)/nbfed

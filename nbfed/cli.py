@@ -228,7 +228,7 @@ def status_cmd(
             nodes, recent = client.nodes(), client.runs()
     except RunFailed as e:
         raise _fail(str(e))
-    recent = sorted(recent, key=lambda r: int(r["run-id"]) if str(r["run-id"]).isdigit() else 0)[-runs:] if runs else []
+    recent = sorted(recent, key=lambda r: str(r.get("pending-at") or ""))[-runs:] if runs else []
     if json_:
         print(json.dumps({"nodes": nodes, "online": sum(n["status"] == "online" for n in nodes), "runs": recent}))
         return
@@ -236,9 +236,9 @@ def status_cmd(
     for n in nodes:
         table.add_row(n["node-id"], n["status"], n["created-at"], n["online-at"])
     console.print(table)
-    table = Table("run", "app", "status", "elapsed", title="Runs")
+    table = Table("run", "app", "submitted", "status", "elapsed", title="Runs")
     for r in recent:
-        table.add_row(r["run-id"], r["fab-name"], r["status"], str(r["elapsed"]))
+        table.add_row(r["run-id"], r["fab-name"], str(r.get("pending-at") or "")[:19], r["status"], f"{float(r['elapsed'] or 0):.0f} s")
     console.print(table)
 
 

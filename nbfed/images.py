@@ -258,7 +258,9 @@ def nbfed_wheel(build_dir: Path, console: Console) -> Path:
     root = Path(__file__).resolve().parent.parent
     if not (root / "pyproject.toml").is_file():
         raise ImagesError(f"nbfed's sources are not in {root}: build images from a source checkout")
-    sources = [root / "pyproject.toml", root / "README.md",
+    # The README is the package's long description only: a stand-in keeps documentation
+    # edits from changing the wheel and so the aggregator image.
+    sources = [root / "pyproject.toml",
                *(p for p in sorted((root / "nbfed").rglob("*")) if p.is_file() and "__pycache__" not in p.parts)]
     digest = hashlib.sha256()
     for path in sources:
@@ -271,6 +273,7 @@ def nbfed_wheel(build_dir: Path, console: Console) -> Path:
             target = Path(tmp) / path.relative_to(root)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, target)
+        (Path(tmp) / "README.md").write_text("Notebook Federator: see the repository's README.md.\n")
         _run_pip(["wheel", "--no-deps", "--wheel-dir", str(out), tmp], console, "building the nbfed wheel", cwd=Path(tmp))
     return sorted(out.glob("nbfed-*.whl"))[0]
 

@@ -1,6 +1,7 @@
-"""playbooks/preflight.yml on inventory/local (passes, changes nothing, check mode too), on
-every wrong inventory in tests/fixtures/inventories (refused, naming the host and the
-variable, nothing changed), and inventory/clarify checked without connecting to its hosts.
+"""playbooks/preflight.yml on inventory/local (passes, changes nothing, check mode too),
+deploy.yml on every wrong inventory in tests/fixtures/inventories (refused by its preflight
+stage, naming the host and the variable, before any later stage touches anything), and
+inventory/clarify checked without connecting to its hosts.
 
 The local inventory is run as it is, with one more inventory source that only points the
 sites' site_data_dir at a temporary tree, so the repository's data/ is neither needed nor
@@ -9,16 +10,12 @@ touched. Runs that reach the host probes need a Docker Engine with Compose v2 he
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from playbook import ROOT, assert_nothing_changed, docker_engine, run_ansible, tree  # noqa: F401 (fixture)
 
-ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "inventories"
 SITES = ("site-a", "site-b", "site-c")
 
@@ -74,58 +71,12 @@ BAD_INVENTORIES: dict[str, list[str]] = {
         "nbfed_notebook 'notebook/no-such-notebook.ipynb' is not a file on the control node",
     ],
 }
-#: Wrong inventories refused by a host probe (the rest fail on the control node first).
-PROBED = {"gpu-without-nvidia"}
-
-RECAP = re.compile(r"^(?P<host>\S+)\s+:\s+ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+"
-                   r"unreachable=(?P<unreachable>\d+)\s+failed=(?P<failed>\d+)", re.MULTILINE)
-
-
-def ansible_tool(name: str) -> str:
-    beside = Path(sys.executable).parent / name
-    if beside.exists():
-        return str(beside)
-    found = shutil.which(name)
-    if found is None:
-        pytest.skip(f"{name} is not installed (pip install -e .)")
-    return found
-
-
-def run_ansible(tool: str, *args: str, data: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    if data is not None:
-        env["NBFED_TEST_DATA"] = str(data)
-    done = subprocess.run([ansible_tool(tool), *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, env=env)
-    done.output = done.stdout + done.stderr  # type: ignore[attr-defined]
-    return done
-
-
-def preflight(*args: str, data: Path | None = None) -> subprocess.CompletedProcess:
+def preflight(*args: str, data: Path | None = None):
     return run_ansible("ansible-playbook", "playbooks/preflight.yml", *args, data=data)
 
 
-def recap(output: str) -> dict[str, dict[str, int]]:
-    return {m["host"]: {k: int(m[k]) for k in ("ok", "changed", "unreachable", "failed")}
-            for m in RECAP.finditer(output)}
-
-
-def tree(path: Path) -> dict[str, tuple[int, int]]:
-    """Every file under path with its size and mtime: what a run must leave as it was."""
-    return {str(p.relative_to(path)): (p.stat().st_size, p.stat().st_mtime_ns)
-            for p in sorted(path.rglob("*"))}
-
-
-def assert_nothing_changed(done: subprocess.CompletedProcess) -> dict[str, dict[str, int]]:
-    hosts = recap(done.output)
-    assert hosts, f"no PLAY RECAP in the output:\n{done.output}"
-    changed = {host: counts["changed"] for host, counts in hosts.items() if counts["changed"]}
-    assert not changed, f"preflight changed something on {changed}:\n{done.output}"
-    unreachable = {host for host, counts in hosts.items() if counts["unreachable"]}
-    assert not unreachable, f"unreachable: {unreachable}:\n{done.output}"
-    return hosts
-
+#: Wrong inventories refused by a host probe (the rest fail on the control node first).
+PROBED = {"gpu-without-nvidia"}
 
 @pytest.fixture(scope="module")
 def site_data(tmp_path_factory) -> Path:
@@ -138,16 +89,6 @@ def site_data(tmp_path_factory) -> Path:
                 folder.mkdir(parents=True)
                 (folder / "0.png").write_bytes(b"placeholder, not an image")
     return root
-
-
-@pytest.fixture(scope="module")
-def docker_engine() -> None:
-    """Skip unless a Docker Engine answers and Compose v2 works (the host probes need both)."""
-    if shutil.which("docker") is None:
-        pytest.skip("no docker CLI here; start an engine as root: .ci/docker-engine")
-    for argv in (["docker", "info"], ["docker", "compose", "version"]):
-        if subprocess.run(argv, capture_output=True, timeout=60).returncode != 0:
-            pytest.skip(f"`{' '.join(argv)}` fails here; start an engine as root: .ci/docker-engine")
 
 
 def data_override(tmp_path: Path, data: Path) -> Path:
@@ -191,12 +132,14 @@ def test_wrong_inventory_is_refused_naming_host_and_variable(name, site_data, re
         request.getfixturevalue("docker_engine")
     inventory = FIXTURES / name
     before = tree(site_data), tree(inventory)
-    done = preflight("-i", str(inventory), data=site_data)
+    done = run_ansible("ansible-playbook", "deploy.yml", "-i", str(inventory), data=site_data)
     assert done.returncode != 0, f"{name} was accepted:\n{done.output}"
     said = " ".join(done.output.split())
     for expected in BAD_INVENTORIES[name]:
         assert expected in said, f"{name}: expected {expected!r} in:\n{done.output}"
-    assert_nothing_changed(done)
+    hosts = assert_nothing_changed(done)
+    assert "localhost" not in hosts, f"{name}: a stage after preflight ran:\n{done.output}"
+    assert "PLAY [Build]" not in done.output, done.output
     assert (tree(site_data), tree(inventory)) == before
 
 

@@ -1,0 +1,195 @@
+"""deploy.yml on inventory/local, as a user runs it: a federation on real containers, then
+idempotence, check mode, a new run after a code-only notebook edit, status, and teardown
+followed by deploy keeping results, state and keys.
+
+The deployment is the repository's inventory/local under another name (its own compose
+projects, free ports, control and host directories in a temporary tree, small synthetic
+data), so a developer's own local deployment is left alone. The tests run in file order
+and share that one deployment; the module's teardown purges it.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+from pathlib import Path
+
+import nbformat
+import pytest
+from playbook import ROOT, assert_nothing_changed, docker_engine, recap, run_ansible, tree  # noqa: F401 (fixture)
+
+from nbfed.synth import generate
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+DEPLOYMENT = "pytest-local"
+SITES = ("site-a", "site-b", "site-c")
+ROUNDS = 2
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+class Deployment:
+    """inventory/local under a test name, every path in `root`."""
+
+    def __init__(self, root: Path, base_image: str) -> None:
+        self.root = root
+        self.control = root / "control"
+        self.results = root / "results"
+        self.data = root / "data"
+        self.extra = {
+            "nbfed_deployment": DEPLOYMENT,
+            "nbfed_control_dir": str(self.control),
+            "nbfed_results_dir": str(self.results),
+            "nbfed_local_data": str(self.data),
+            "nbfed_base_image": base_image,
+            "nbfed_rounds": ROUNDS,
+            "aggregator_port": free_port(),
+            "aggregator_control_port": free_port(),
+        }
+
+    def playbook(self, playbook: str, *args: str, timeout: int = 900, **extra) -> subprocess.CompletedProcess:
+        done = run_ansible("ansible-playbook", playbook, "-i", "inventory/local",
+                           "-e", json.dumps({**self.extra, **extra}), *args, timeout=timeout)
+        return done
+
+    def host_dir(self, host: str) -> Path:
+        return self.control / "hosts" / host
+
+    def runs(self) -> list[Path]:
+        return sorted(p for p in self.results.iterdir() if (p / "rounds.json").exists()) if self.results.exists() else []
+
+    def containers(self) -> list[str]:
+        done = subprocess.run(["docker", "ps", "-a", "--filter", f"name=nbfed-{DEPLOYMENT}-", "--format", "{{.Names}}"],
+                              capture_output=True, text=True, check=True)
+        return done.stdout.split()
+
+
+def assert_ok(done: subprocess.CompletedProcess, control_node: bool = True) -> dict[str, dict[str, int]]:
+    assert done.returncode == 0, done.output[-20000:]
+    hosts = recap(done.output)
+    assert set(hosts) == {"local-aggregator", *SITES} | ({"localhost"} if control_node else set()), done.output[-5000:]
+    return hosts
+
+
+def task_result(output: str, task: str, host: str) -> str:
+    """'ok', 'changed', 'skipping' or 'failed': what `task` reported for `host` (the last time it ran)."""
+    block = output.rsplit(f"TASK [{task}]", 1)[1].split("\nTASK [", 1)[0]
+    for status in ("changed", "ok", "skipping", "fatal"):
+        if f"{status}: [{host}]" in block or f"{status}: [{host} -> " in block:  # (or delegated)
+            return status
+    raise AssertionError(f"no result of {task!r} for {host} in:\n{block}")
+
+
+def assert_run_completed(run: Path) -> None:
+    rounds = json.loads((run / "rounds.json").read_text())
+    assert [r["round"] for r in rounds] == list(range(1, ROUNDS + 1)), rounds
+    for r in rounds:
+        assert sorted(r["train"]) == sorted(r["evaluate"]) == list(SITES), r
+        assert 0.5 <= r["pooled"]["accuracy"] <= 1.0, r["pooled"]
+    assert (run / "report.md").is_file() and (run / "metrics.png").stat().st_size > 0
+    assert (run / "model" / "global_model.pt").stat().st_size > 0
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory, base_image, docker_engine):
+    d = Deployment(tmp_path_factory.mktemp("deploy"), base_image)
+    generate(d.data, scale=0.05)
+    yield d
+    done = d.playbook("playbooks/teardown.yml", timeout=300, teardown_purge=True, teardown_purge_confirmed=True)
+    assert done.returncode == 0, done.output[-5000:]
+    assert not d.containers()
+
+
+@pytest.fixture(scope="module")
+def first_deploy(deployment) -> subprocess.CompletedProcess:
+    return deployment.playbook("deploy.yml", timeout=1500)
+
+
+def test_deploy_completes_a_federation_and_shows_the_table(deployment, first_deploy) -> None:
+    assert_ok(first_deploy)
+    [run] = deployment.runs()
+    assert_run_completed(run)
+    said = first_deploy.output
+    for n in range(1, ROUNDS + 1):
+        assert f"round {n}/{ROUNDS}:" in said, said[-5000:]
+    for metric in ("Sensitivity", "Specificity", "F1 score", "Accuracy"):
+        assert metric in said.rsplit("TASK [run : Show the results]", 1)[1], said[-5000:]
+    # Every stack runs, each site as its own compose project, every container healthy.
+    names = deployment.containers()
+    assert f"nbfed-{DEPLOYMENT}-aggregator-superlink-1" in names and f"nbfed-{DEPLOYMENT}-aggregator-proxy-1" in names
+    for site in SITES:
+        assert f"nbfed-{DEPLOYMENT}-site-{site}-supernode-1" in names, names
+
+
+def test_second_deploy_changes_nothing_outside_the_run(deployment, first_deploy) -> None:
+    done = deployment.playbook("deploy.yml", "--skip-tags", "run")
+    hosts = assert_ok(done)
+    assert_nothing_changed(done)
+    assert all(counts["ok"] > 0 for counts in hosts.values()), hosts
+
+
+def test_check_mode_changes_nothing(deployment, first_deploy) -> None:
+    before = tree(deployment.control)
+    done = deployment.playbook("deploy.yml", "--check", "--skip-tags", "run")
+    assert_ok(done)
+    assert_nothing_changed(done)
+    assert tree(deployment.control) == before
+
+
+def test_status_shows_every_site_online(deployment, first_deploy) -> None:
+    done = deployment.playbook("playbooks/status.yml")
+    assert_ok(done, control_node=False)
+    assert_nothing_changed(done)
+    shown = done.output.rsplit("TASK [status : Show the SuperNodes and runs]", 1)[1]
+    assert shown.count("│ online │") == len(SITES), shown
+    assert "finished:completed" in shown, shown
+
+
+def test_run_after_a_code_only_edit_builds_nothing_and_runs_the_new_code(deployment, first_deploy, docker_client) -> None:
+    notebook = nbformat.read(ROOT / "notebook" / "template.ipynb", as_version=4)
+    [train] = [c for c in notebook.cells if "train" in c.metadata.get("tags", [])]
+    train.source += "\n\nEDITED_BY_TEST = True  # a code-only edit\n"
+    edited = deployment.root / "notebooks" / "template.ipynb"
+    edited.parent.mkdir(exist_ok=True)
+    nbformat.write(notebook, edited)
+    images = {i.id for i in docker_client.images.list()}
+
+    done = deployment.playbook("playbooks/run.yml", timeout=1200, nbfed_notebook=str(edited))
+    hosts = assert_ok(done)
+
+    assert task_result(done.output, "images : Build the images (cached by content)", "localhost") == "ok"
+    assert {i.id for i in docker_client.images.list()} == images
+    assert all(hosts[site]["changed"] == 0 for site in SITES), hosts  # no stack was touched
+    first, second = deployment.runs()
+    assert_run_completed(second)
+    assert "EDITED_BY_TEST" in "".join(p.read_text() for p in (second / "app").rglob("task.py"))
+    assert "EDITED_BY_TEST" not in "".join(p.read_text() for p in (first / "app").rglob("task.py"))
+
+
+def test_teardown_then_deploy_keeps_results_state_and_keys(deployment, first_deploy) -> None:
+    keys = {site: (deployment.host_dir(site) / "site" / "keys" / "node.key.pub").read_text() for site in SITES}
+    pki = tree(deployment.control / "pki")
+    results = tree(deployment.results)
+
+    done = deployment.playbook("playbooks/teardown.yml", timeout=300)
+    assert_ok(done)
+    assert deployment.containers() == []
+    volumes = subprocess.run(["docker", "volume", "ls", "--format", "{{.Name}}"], capture_output=True, text=True).stdout
+    assert f"nbfed-{DEPLOYMENT}-aggregator_state" in volumes.split()
+    assert tree(deployment.results) == results
+
+    done = deployment.playbook("deploy.yml", "--skip-tags", "run")
+    assert_ok(done)
+    # Same node keys, still registered in SuperLink's kept state; same PKI; results untouched.
+    for site in SITES:
+        assert (deployment.host_dir(site) / "site" / "keys" / "node.key.pub").read_text() == keys[site]
+        assert task_result(done.output, "site : Register the public key with SuperLink", site) == "ok"
+    assert tree(deployment.control / "pki") == pki
+    assert tree(deployment.results) == results
+    assert len(deployment.containers()) == 2 + len(SITES)

@@ -1,0 +1,80 @@
+"""The per-host .env files the roles render, read by `docker compose config` with the
+compose files the roles copy: what each host's stack will be, without starting it (the
+CUDA site's GPU reservation included, which no machine here can run)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import jinja2
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+IMAGES = {"NBFED_AGGREGATOR_IMAGE": "nbfed/aggregator:a", "NBFED_PROXY_IMAGE": "nbfed/proxy:p",
+          "NBFED_SITE_IMAGE": "nbfed/site:s-cpu", "NBFED_SITE_CUDA_IMAGE": "nbfed/site:s-cuda"}
+
+
+def render(template: str, **variables) -> str:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(ROOT / "roles"), undefined=jinja2.StrictUndefined)
+    env.filters["bool"] = bool  # Ansible's (the values here are booleans already)
+    return env.get_template(template).render(ansible_managed="Ansible managed", **variables)
+
+
+def compose_config(stack: Path) -> dict:
+    if shutil.which("docker") is None or subprocess.run(["docker", "compose", "version"], capture_output=True).returncode:
+        pytest.skip("no docker compose CLI here (bash .ci/docker-engine installs it)")
+    done = subprocess.run(["docker", "compose", "config", "--format", "json"], cwd=stack, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def site_stack(tmp_path: Path, gpu: bool, aggregator: str) -> dict:
+    files = ["site.yml"] + (["site.gpu.yml"] if gpu else []) + (["site.host-gateway.yml"] if aggregator == "host.docker.internal" else [])
+    for name in files:
+        shutil.copy(ROOT / "compose" / name, tmp_path / name)
+    (tmp_path / ".env").write_text(render(
+        "site/templates/site.env.j2", site_compose_files=files, nbfed_deployment="clarify", site_name="oslo",
+        site_images=IMAGES, site_gpu=gpu, site_aggregator_address=aggregator, site_aggregator_port=8000,
+        site_data_dir="/srv/nbfed/data"))
+    return compose_config(tmp_path)["services"]["supernode"]
+
+
+def test_cpu_site_stack(tmp_path) -> None:
+    supernode = site_stack(tmp_path, gpu=False, aggregator="fl.clarify.example")
+    assert supernode["image"] == "nbfed/site:s-cpu"
+    assert "--superlink=fl.clarify.example:8000" in supernode["command"]
+    assert '--node-config=site="oslo" data-dir="/data"' in supernode["command"]
+    assert "deploy" not in supernode and "extra_hosts" not in supernode
+    data = next(v for v in supernode["volumes"] if v["target"] == "/data")
+    assert data["source"] == "/srv/nbfed/data" and data["read_only"] is True
+    assert supernode["read_only"] is True and supernode["cap_drop"] == ["ALL"] and not supernode.get("ports")
+
+
+def test_gpu_site_stack_reserves_the_gpus_and_runs_the_cuda_image(tmp_path) -> None:
+    supernode = site_stack(tmp_path, gpu=True, aggregator="203.0.113.10")
+    assert supernode["image"] == "nbfed/site:s-cuda"
+    [device] = supernode["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+
+
+def test_site_on_the_aggregators_machine_reaches_it_through_the_host_gateway(tmp_path) -> None:
+    supernode = site_stack(tmp_path, gpu=False, aggregator="host.docker.internal")
+    assert "--superlink=host.docker.internal:8000" in supernode["command"]
+    assert supernode["extra_hosts"] in (["host.docker.internal=host-gateway"], ["host.docker.internal:host-gateway"])
+
+
+@pytest.mark.parametrize("bind", ["0.0.0.0", "2001:db8::10"])
+def test_aggregator_stack_publishes_the_fleet_port_and_keeps_the_control_api_on_loopback(tmp_path, bind) -> None:
+    shutil.copy(ROOT / "compose" / "aggregator.yml", tmp_path)
+    (tmp_path / ".env").write_text(render(
+        "aggregator/templates/aggregator.env.j2", nbfed_deployment="clarify", aggregator_images=IMAGES,
+        aggregator_publish_address=bind, aggregator_port=8443, aggregator_control_port=9093))
+    services = compose_config(tmp_path)["services"]
+    assert set(services) == {"superlink", "proxy"}  # the runner is a tool (profile), never started by `up`
+    [fleet] = services["proxy"]["ports"]
+    assert (fleet["host_ip"], fleet["published"], fleet["target"]) == (bind, "8443", 8000)
+    [control] = services["superlink"]["ports"]
+    assert control["host_ip"] == "127.0.0.1"
