@@ -154,3 +154,15 @@ def make_pki(directory: Path, ca_name: str = "nbfed test CA") -> Path:
 def pki(tmp_path_factory) -> Path:
     """A test consortium PKI (see make_pki)."""
     return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> None:
+    """Skip unless a Docker Engine answers and Compose v2 works (the host probes need both)."""
+    if shutil.which("docker") is None:
+        pytest.skip("no docker CLI here; start an engine as root: .ci/docker-engine")
+    for argv in (["docker", "info"], ["docker", "compose", "version"]):
+        if subprocess.run(argv, capture_output=True, timeout=60).returncode != 0:
+            pytest.skip(f"`{' '.join(argv)}` fails here; start an engine as root: .ci/docker-engine")
+
+

@@ -57,15 +57,3 @@ def assert_nothing_changed(done: subprocess.CompletedProcess) -> dict[str, dict[
     unreachable = {host for host, counts in hosts.items() if counts["unreachable"]}
     assert not unreachable, f"unreachable: {unreachable}:\n{done.output}"
     return hosts
-
-
-@pytest.fixture(scope="module")
-def docker_engine() -> None:
-    """Skip unless a Docker Engine answers and Compose v2 works (the host probes need both)."""
-    if shutil.which("docker") is None:
-        pytest.skip("no docker CLI here; start an engine as root: .ci/docker-engine")
-    for argv in (["docker", "info"], ["docker", "compose", "version"]):
-        if subprocess.run(argv, capture_output=True, timeout=60).returncode != 0:
-            pytest.skip(f"`{' '.join(argv)}` fails here; start an engine as root: .ci/docker-engine")
-
-

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from playbook import ROOT, assert_nothing_changed, docker_engine, recap, run_ansible, tree  # noqa: F401 (fixture)
+from playbook import ROOT, assert_nothing_changed, recap, run_ansible, tree
 
 from nbfed.synth import generate
 

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 import pytest
-from playbook import ROOT, assert_nothing_changed, docker_engine, run_ansible, tree  # noqa: F401 (fixture)
+from playbook import ROOT, assert_nothing_changed, run_ansible, tree
 
 FIXTURES = ROOT / "tests" / "fixtures" / "inventories"
 SITES = ("site-a", "site-b", "site-c")
