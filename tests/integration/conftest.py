@@ -1,17 +1,14 @@
-"""Docker fixtures for the integration tests: an engine, the base image, the built images.
+"""Fixtures for the integration tests: the built images, containers, a test PKI.
 
-Tests that take one of these fixtures are skipped, with the reason, when no Docker Engine
-answers (start one as root with `.ci/docker-engine`). The base image is built once from
-Debian packages (`images/base/build.sh`) unless NBFED_TEST_BASE_IMAGE names one that exists
-(`python:3.11-slim-bookworm` where it can be pulled). Builds share the repository's
-`build/` tree (wheelhouse, rootfs), so a second test session rebuilds nothing.
+The engine and base image fixtures (docker_api, docker_client, base_image, docker_engine)
+are in tests/conftest.py, shared with the e2e tier. Builds share the repository's `build/`
+tree (wheelhouse, rootfs), so a second test session rebuilds nothing.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,7 +18,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD_DIR = Path(os.environ.get("NBFED_TEST_BUILD_DIR", ROOT / "build"))
-BOOTSTRAP_BASE = "nbfed/base:bookworm"
 TEMPLATE = ROOT / "notebook" / "template.ipynb"
 
 
@@ -30,47 +26,6 @@ def template_requirements() -> list[str]:
     from nbfed.notebook import read_notebook
 
     return read_notebook(TEMPLATE).requirements
-
-
-@pytest.fixture(scope="session")
-def docker_api():
-    """A docker SDK low-level client that answered a ping; else the test is skipped."""
-    docker = pytest.importorskip("docker", reason="the docker SDK is not installed (pip install docker)")
-    try:
-        client = docker.APIClient(timeout=600, **docker.utils.kwargs_from_env())
-        client.ping()
-    except Exception as err:  # noqa: BLE001 (any failure means: no engine here)
-        pytest.skip(f"no Docker Engine answers ({err.__class__.__name__}); start one as root: .ci/docker-engine")
-    return client
-
-
-@pytest.fixture(scope="session")
-def docker_client(docker_api):
-    import docker
-
-    return docker.from_env(timeout=600)
-
-
-@pytest.fixture(scope="session")
-def base_image(docker_api) -> str:
-    """The base image the tests build on: NBFED_TEST_BASE_IMAGE, else nbfed/base:bookworm."""
-    from docker.errors import ImageNotFound
-
-    wanted = os.environ.get("NBFED_TEST_BASE_IMAGE", BOOTSTRAP_BASE)
-    try:
-        docker_api.inspect_image(wanted)
-        return wanted
-    except ImageNotFound:
-        pass
-    if wanted != BOOTSTRAP_BASE:
-        pytest.skip(f"the base image {wanted} (NBFED_TEST_BASE_IMAGE) is not on this engine")
-    if os.geteuid() != 0 or shutil.which("debootstrap") is None:
-        pytest.skip(f"{BOOTSTRAP_BASE} is missing and images/base/build.sh needs root and debootstrap")
-    done = subprocess.run([str(ROOT / "images" / "base" / "build.sh"), BOOTSTRAP_BASE],
-                          capture_output=True, text=True, timeout=1200,
-                          env=dict(os.environ, NBFED_BUILD_DIR=str(BUILD_DIR)))
-    assert done.returncode == 0, done.stdout + done.stderr
-    return BOOTSTRAP_BASE
 
 
 @pytest.fixture(scope="session")
@@ -154,15 +109,3 @@ def make_pki(directory: Path, ca_name: str = "nbfed test CA") -> Path:
 def pki(tmp_path_factory) -> Path:
     """A test consortium PKI (see make_pki)."""
     return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture(scope="session")
-def docker_engine() -> None:
-    """Skip unless a Docker Engine answers and Compose v2 works (the host probes need both)."""
-    if shutil.which("docker") is None:
-        pytest.skip("no docker CLI here; start an engine as root: .ci/docker-engine")
-    for argv in (["docker", "info"], ["docker", "compose", "version"]):
-        if subprocess.run(argv, capture_output=True, timeout=60).returncode != 0:
-            pytest.skip(f"`{' '.join(argv)}` fails here; start an engine as root: .ci/docker-engine")
-
-

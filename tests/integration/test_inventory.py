@@ -50,7 +50,7 @@ BAD_INVENTORIES: dict[str, list[str]] = {
     ],
     "gpu-without-nvidia": [
         "fatal: [site-b]: FAILED!",
-        "site site-b declares site_gpu: true but the Docker Engine on site-b has no nvidia runtime",
+        "Site site-b (host site-b) declares site_gpu: true but the Docker Engine there has no nvidia runtime",
         "install the NVIDIA Container Toolkit (nvidia-ctk runtime configure) or set site_gpu: false",
     ],
     "bad-type": [

@@ -1,0 +1,229 @@
+"""deploy.yml over real SSH to hosts with their own addresses and Docker Engines (an
+aggregator, three sites, and an intruder outside the inventory), images delivered as
+archives: the federation completes, and the firewall, TLS, node authentication and the
+fleet-only proxy are checked from outside with real packets.
+
+The tests share one consortium and run in file order; the module removes every host.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from harness import Hosts, Registry, host_image
+
+from nbfed.synth import generate
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+SITES = ["site-a", "site-b", "site-c"]
+ROUNDS = 2
+CHECK_TLS = ("import ssl,sys,urllib.request as r;"
+             "c=ssl.create_default_context(cafile=sys.argv[2]) if len(sys.argv)>2 else None;"
+             "print(r.urlopen(sys.argv[1],timeout=10,context=c).status)")
+
+
+def ansible_playbook(*args: str, timeout: int = 1800) -> subprocess.CompletedProcess:
+    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    done = subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    done.output = done.stdout + done.stderr  # type: ignore[attr-defined]
+    return done
+
+
+class Consortium:
+    def __init__(self, hosts: Hosts, root: Path, base_image: str) -> None:
+        self.hosts, self.root = hosts, root
+        self.control, self.results = root / "control", root / "results"
+        self.group_vars = {
+            "nbfed_root": "{{ playbook_dir if (playbook_dir ~ '/ansible.cfg') is file else playbook_dir | dirname }}",
+            "nbfed_deployment": "e2e",
+            "nbfed_control_dir": str(self.control),
+            "nbfed_home": "/opt/nbfed",
+            "nbfed_results_dir": str(self.results),
+            "nbfed_notebook": "notebook/template.ipynb",
+            "nbfed_rounds": ROUNDS,
+            "nbfed_min_sites": len(SITES),
+            "nbfed_fraction_train": 1.0,
+            "nbfed_round_timeout": 600,
+            "nbfed_image_delivery": "archive",
+            "nbfed_base_image": base_image,
+        }
+        self.inventory = hosts.write_inventory(root / "inventory", SITES, self.group_vars)
+
+    def playbook(self, playbook: str, *args: str, **kwargs) -> subprocess.CompletedProcess:
+        return ansible_playbook(playbook, "-i", str(self.inventory), *args, **kwargs)
+
+    def python(self, host: str, code: str, *args: str) -> subprocess.CompletedProcess:
+        return self.hosts.exec(host, "python3", "-c", code, *args, check=False, timeout=60)
+
+    @property
+    def fleet(self) -> str:
+        return f"{self.hosts.address['aggregator']}:8000"
+
+
+@pytest.fixture(scope="module")
+def consortium(tmp_path_factory, base_image, docker_engine):
+    root = tmp_path_factory.mktemp("e2e")
+    data = root / "data"
+    generate(data, scale=0.05)
+    with Hosts(["aggregator", *SITES, "intruder"], root, host_image(base_image)) as hosts:
+        for site in SITES:
+            hosts.copy_to(site, data / site, "/srv/nbfed/data")
+        yield Consortium(hosts, root, base_image)
+
+
+@pytest.fixture(scope="module")
+def deployed(consortium) -> subprocess.CompletedProcess:
+    done = consortium.playbook("deploy.yml")
+    assert done.returncode == 0, done.output[-20000:]
+    return done
+
+
+def test_federation_completes_and_results_reach_the_control_node(consortium, deployed) -> None:
+    [run] = [p for p in consortium.results.iterdir() if (p / "rounds.json").exists()]
+    rounds = json.loads((run / "rounds.json").read_text())
+    assert [r["round"] for r in rounds] == list(range(1, ROUNDS + 1))
+    assert all(sorted(r["evaluate"]) == SITES for r in rounds), rounds
+    assert (run / "report.md").is_file() and (run / "model" / "global_model.pt").stat().st_size > 0
+
+
+def test_images_travelled_as_checksummed_archives(consortium, deployed) -> None:
+    out = deployed.output
+    assert "TASK [image_delivery : Stop when a copy differs from its archive]" in out, out[-3000:]
+    for host in ["aggregator", *SITES]:
+        images = consortium.hosts.exec(host, "docker", "images", "--format", "{{.Repository}}").stdout.split()
+        expected = {"nbfed/aggregator", "nbfed/proxy"} if host == "aggregator" else {"nbfed/site"}
+        assert expected <= set(images), (host, images)
+        assert not consortium.hosts.exec(host, "sh", "-c", "ls /opt/nbfed/images 2>/dev/null").stdout.strip()
+
+
+def test_firewall_admits_the_sites_and_drops_the_intruder(consortium, deployed) -> None:
+    probe = ("import socket,sys;s=socket.socket();s.settimeout(5);"
+             "print('open' if s.connect_ex((sys.argv[1],8000))==0 else 'closed')")
+    aggregator = consortium.hosts.address["aggregator"]
+    for site in SITES:
+        assert consortium.python(site, probe, aggregator).stdout.strip() == "open", site
+    assert consortium.python("intruder", probe, aggregator).stdout.strip() == "closed"
+    rules = consortium.hosts.exec("aggregator", "iptables", "-S", "NBFED-FLEET").stdout
+    for site in SITES:
+        assert f"-s {consortium.hosts.address[site]}/32 -j RETURN" in rules, rules
+    assert rules.rstrip().endswith("-j DROP"), rules
+
+
+def test_tls_is_required_and_verified_against_the_consortium_ca(consortium, deployed) -> None:
+    ca = "/opt/nbfed/site/certs/ca.crt"
+    fleet = consortium.fleet
+    https = consortium.python("site-a", CHECK_TLS, f"https://{fleet}/health", ca)
+    assert https.returncode == 0 and https.stdout.strip() == "200", https.stderr
+    plain = consortium.python("site-a", CHECK_TLS, f"http://{fleet}/health")
+    assert plain.returncode != 0, plain.stdout
+    untrusted = consortium.python("site-a", CHECK_TLS, f"https://{fleet}/health", "/etc/ssl/certs/ca-certificates.crt")
+    assert untrusted.returncode != 0 and "CERTIFICATE_VERIFY_FAILED" in untrusted.stderr, untrusted.stderr
+
+
+def test_control_api_is_not_reachable_through_the_fleet_port(consortium, deployed) -> None:
+    code = ("import ssl,sys,urllib.request as r,urllib.error as e;c=ssl.create_default_context(cafile=sys.argv[2]);"
+            "q=r.Request(sys.argv[1],data=b'',method='POST')\n"
+            "try: print(r.urlopen(q,timeout=10,context=c).status)\n"
+            "except e.HTTPError as x: print(x.code)")
+    done = consortium.python("site-a", code, f"https://{consortium.fleet}/v1/control/list-runs",
+                             "/opt/nbfed/site/certs/ca.crt")
+    assert done.stdout.strip() == "403", done.stdout + done.stderr
+
+
+def test_unregistered_supernode_is_refused(consortium, deployed) -> None:
+    """A SuperNode with a key SuperLink never registered, from a site host, with the right CA."""
+    site = consortium.hosts
+    image = site.exec("site-a", "sh", "-c", "grep ^NBFED_SITE_IMAGE= /opt/nbfed/site/.env | cut -d= -f2").stdout.strip()
+    site.exec("site-a", "sh", "-c", "rm -rf /tmp/rogue && mkdir /tmp/rogue && ssh-keygen -q -t ecdsa -b 384 -N '' "
+              "-f /tmp/rogue/node.key && chown -R 10001:10001 /tmp/rogue")
+    done = site.exec("site-a", "timeout", "60", "docker", "run", "--rm", "-v", "/tmp/rogue:/keys:ro",
+                     "-v", "/opt/nbfed/site/certs:/certs:ro", image, f"--superlink={consortium.fleet}",
+                     "--root-certificates=/certs/ca.crt", "--auth-supernode-private-key=/keys/node.key",
+                     check=False, timeout=90)
+    said = done.stdout + done.stderr
+    assert done.returncode != 0 and "Failed to activate SuperNode" in said, said[-3000:]
+
+
+def test_supernodes_run_unprivileged_with_no_port_and_read_only_data(consortium, deployed) -> None:
+    for site in SITES:
+        name = f"nbfed-e2e-site-{site}-supernode-1"
+        info = json.loads(consortium.hosts.exec(site, "docker", "inspect", name).stdout)[0]
+        assert info["Config"]["User"] in ("10001:10001", "10001"), info["Config"]["User"]
+        assert not info["HostConfig"]["PortBindings"] and not info["NetworkSettings"]["Ports"]
+        assert info["HostConfig"]["ReadonlyRootfs"] is True and info["HostConfig"]["CapDrop"] == ["ALL"]
+        data = next(m for m in info["Mounts"] if m["Destination"] == "/data")
+        assert data["RW"] is False
+        write = consortium.hosts.exec(site, "docker", "exec", name, "touch", "/data/x", check=False)
+        assert write.returncode != 0 and "Read-only file system" in write.stderr, write.stderr
+
+
+def test_second_deploy_changes_nothing_outside_the_run(consortium, deployed) -> None:
+    done = consortium.playbook("deploy.yml", "--skip-tags", "run")
+    assert done.returncode == 0, done.output[-5000:]
+    changed = [line for line in done.output.splitlines() if line.startswith("changed:")]
+    assert not changed, changed
+
+
+@pytest.fixture(scope="module")
+def registry(consortium):
+    if shutil.which("docker-registry") is None:
+        pytest.skip("Debian's docker-registry is not installed (apt-get install docker-registry; .ci/run does)")
+    with Registry(consortium.root / "registry") as registry:
+        yield registry
+
+
+def test_a_fourth_site_changes_only_itself_and_the_aggregator_and_joins_the_next_run(consortium, deployed, registry) -> None:
+    """site-d pulls its image from a registry (TLS with the registry's own CA, which the
+    playbook installs on the host); the first three got theirs as archives."""
+    hosts = consortium.hosts
+    hosts.start("site-d")
+    hosts.wait("site-d")
+    hosts.copy_to("site-d", consortium.root / "data" / "site-a", "/srv/nbfed/data")
+    consortium.group_vars.update(nbfed_registry=registry.address, nbfed_registry_ca=str(registry.ca))
+    hosts.write_inventory(consortium.inventory, [*SITES, "site-d"], consortium.group_vars,
+                          {"site-d": {"nbfed_image_delivery": "registry"}})
+
+    done = consortium.playbook("deploy.yml")
+    assert done.returncode == 0, done.output[-20000:]
+    changed = {}
+    task = ""
+    for line in done.output.splitlines():
+        if line.startswith("TASK ["):
+            task = line[6:line.index("]")]
+        elif line.startswith("changed: ["):
+            host = line[len("changed: ["):].split("]")[0].split(" -> ")[0]
+            changed.setdefault(host, set()).add(task)
+    assert set(changed) <= {"site-d", "aggregator", "localhost"}, changed
+    # The control node pushed the images once (the only change there).
+    assert changed.get("localhost", set()) <= {"images : Name the images for the registry",
+                                               "images : Push the images (layers the registry has are skipped)"}, changed
+    assert "image_delivery : Pull the images" in changed["site-d"], changed
+    outside_the_run = {t for t in changed["aggregator"] if not t.startswith("run : ")}
+    assert all(t.startswith("firewall : ") for t in outside_the_run), changed  # the allow-list
+    assert any(t.startswith("firewall : Apply the rules") for t in outside_the_run), changed
+    assert "site : Register the public key with SuperLink" in changed["site-d"], changed
+    rules = hosts.exec("aggregator", "iptables", "-S", "NBFED-FLEET").stdout
+    assert f"-s {hosts.address['site-d']}/32 -j RETURN" in rules, rules
+    newest = max((p for p in consortium.results.iterdir() if (p / "rounds.json").exists()), key=lambda p: p.stat().st_mtime)
+    rounds = json.loads((newest / "rounds.json").read_text())
+    assert all(sorted(r["evaluate"]) == [*SITES, "site-d"] for r in rounds), rounds
+
+
+def test_teardown_leaves_no_container_and_keeps_results(consortium, deployed) -> None:
+    before = sorted(p.relative_to(consortium.results) for p in consortium.results.rglob("*"))
+    done = consortium.playbook("playbooks/teardown.yml")
+    assert done.returncode == 0, done.output[-5000:]
+    for host in ["aggregator", *SITES, "site-d"]:
+        assert consortium.hosts.exec(host, "docker", "ps", "-aq").stdout.strip() == "", host
+    assert not consortium.hosts.exec("aggregator", "iptables", "-S", "NBFED-FLEET", check=False).returncode == 0
+    assert sorted(p.relative_to(consortium.results) for p in consortium.results.rglob("*")) == before
