@@ -8,25 +8,13 @@ inventories. Neither needs the network or a Docker Engine.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from playbook import venv_tool
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def tool(name: str) -> str:
-    """The tool beside this Python (the venv's), else on PATH; else the test is skipped."""
-    beside = Path(sys.executable).parent / name
-    if beside.exists():
-        return str(beside)
-    found = shutil.which(name)
-    if found is None:
-        pytest.skip(f"{name} is not installed (pip install -e '.[test]')")
-    return found
 
 
 def run(argv: list[str], timeout: int = 120) -> subprocess.CompletedProcess:
@@ -37,11 +25,11 @@ def run(argv: list[str], timeout: int = 120) -> subprocess.CompletedProcess:
 
 
 def test_yamllint_is_clean() -> None:
-    done = run([tool("yamllint"), "--strict", "--format", "parsable", "."])
+    done = run([venv_tool("yamllint"), "--strict", "--format", "parsable", "."])
     assert done.returncode == 0, f"yamllint -s . found problems:\n{done.stdout}{done.stderr}"
 
 
 def test_ansible_lint_production_profile_is_clean() -> None:
-    done = run([tool("ansible-lint"), "--offline", "--nocolor"])
+    done = run([venv_tool("ansible-lint"), "--offline", "--nocolor"])
     assert done.returncode == 0, f"ansible-lint found problems:\n{done.stdout}{done.stderr}"
     assert "Profile 'production' was required, and it passed" in done.stdout + done.stderr, done.stdout + done.stderr

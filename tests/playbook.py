@@ -11,19 +11,20 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 RECAP = re.compile(r"^(?P<host>\S+)\s+:\s+ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+"
                    r"unreachable=(?P<unreachable>\d+)\s+failed=(?P<failed>\d+)", re.MULTILINE)
 
 
-def ansible_tool(name: str) -> str:
+def venv_tool(name: str) -> str:
+    """The tool beside this Python (the venv's), else on PATH; else the test is skipped."""
     beside = Path(sys.executable).parent / name
     if beside.exists():
         return str(beside)
     found = shutil.which(name)
     if found is None:
-        pytest.skip(f"{name} is not installed (pip install -e .)")
+        pytest.skip(f"{name} is not installed (pip install -e '.[deploy,test]')")
     return found
 
 
@@ -32,7 +33,7 @@ def run_ansible(tool: str, *args: str, data: Path | None = None, timeout: int = 
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     if data is not None:
         env["NBFED_TEST_DATA"] = str(data)
-    done = subprocess.run([ansible_tool(tool), *args], cwd=ROOT, capture_output=True, text=True,
+    done = subprocess.run([venv_tool(tool), *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout, env=env)
     done.output = done.stdout + done.stderr  # type: ignore[attr-defined]
     return done
