@@ -193,8 +193,12 @@ def submit_cmd(
     name: Annotated[Optional[str], typer.Option(help="Run name (default <notebook>-<time>).")] = None,
     set_: Annotated[list[str], typer.Option("--set", help="Override a run-config key: --set num_rounds=5.")] = [],
     timeout: Annotated[float, typer.Option(help="Seconds before the run is abandoned.")] = 3600,
+    resume: Annotated[bool, typer.Option(help="Go on with the run --name from its last checkpoint (same app, same settings).")] = False,
 ) -> None:
-    """Submit the notebook's app to a running SuperLink, follow it, write the report."""
+    """Submit the notebook's app to a running SuperLink, follow it, write the report.
+
+    A run whose ServerApp is lost (the aggregator restarted under it) goes on from its last
+    checkpoint by itself; --resume goes on with one whose runner was lost too."""
     from nbfed.submit import default_results_dir, submit
     from nbfed.superlink import RunFailed, connect
 
@@ -202,11 +206,11 @@ def submit_cmd(
     results = results_root / name if name else default_results_dir(notebook, results_root)  # "" counts as unset
     try:
         with connect(superlink, ca) as client:
-            run = submit(notebook, client, results, _parse_settings(set_), console, timeout)
+            run = submit(notebook, client, results, _parse_settings(set_), console, timeout, resume=resume)
     except (NotebookError, CheckFailed) as e:
         err.print(str(e), highlight=False, markup=False)
         raise typer.Exit(1)
-    except (RunFailed, FileExistsError, KeyError) as e:
+    except (RunFailed, FileExistsError, FileNotFoundError, KeyError) as e:
         raise _fail(str(e).strip("'\""))
     _finish(run.results, started)
 

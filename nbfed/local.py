@@ -154,7 +154,7 @@ def run_local(
         stack.callback(fed.stop)
         with console.status("starting SuperLink and SuperNodes"):
             client = fed.start()
-            run_id = client.submit(run.app.root, run.overrides)
+            run_id = client.submit(run.app_dir, run.overrides)
         console.print(f"run {run_id} submitted to SuperLink on 127.0.0.1:{fed.port}")
         try:
             follow(client, run_id, run.results, run.num_rounds, console, timeout, fed.check_alive)

@@ -339,7 +339,7 @@ def write_report(results_dir: Path) -> Path:
 
     notebook = run.get("notebook") or "unknown notebook"
     sha = run.get("notebook_sha256") or "unknown"
-    sites = run.get("sites") or sorted({s for r in rounds for s in (r.get("evaluate") or {})})
+    sites = sorted(run.get("sites") or {s for r in rounds for s in (r.get("evaluate") or {})})
     pooled = [_pooled(r) for r in rounds]
     methods = {p.get("method") for p in pooled}
 
@@ -351,6 +351,8 @@ def write_report(results_dir: Path) -> Path:
         f"- Rounds completed: {len(rounds)} of {run.get('num_rounds', '?')} planned",
         f"- Sites ({len(sites)}): {', '.join(sites) if sites else 'none'}",
         f"- Started: {run.get('started_at') or 'unknown'}; finished: {run.get('finished_at') or 'not finished'}",
+        *(f"- Resumed from the checkpoint of round {r['after_round']} at {r['at']} (the ServerApp was lost)"
+          for r in run.get("resumes", [])),
         "",
     ]
 
@@ -398,12 +400,12 @@ def write_report(results_dir: Path) -> Path:
     errors = [
         f"- Round {round_.get('round', '?')}, {site}: {_one_line(reason)}"
         for round_ in rounds
-        for site, reason in sorted((round_.get("errors") or {}).items())
+        for site, reason in sorted({**(round_.get("errors") or {}), **(round_.get("missing") or {})}.items())
     ]
     if run.get("error"):
         errors.insert(0, f"- Run: {_one_line(run['error'])}")
     if errors:
-        lines += ["## Errors", "", *errors, ""]
+        lines += ["## Errors and sites left out of a round", "", *errors, ""]
 
     lines += ["## Notes", ""]
     if methods <= {"confusion-counts"} and rounds:

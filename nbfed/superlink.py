@@ -28,6 +28,10 @@ class RunFailed(RuntimeError):
     """The federation did not finish; the message says why and where to look."""
 
 
+class ServerAppLost(RunFailed):
+    """SuperLink lost the run's ServerApp (it stopped sending heartbeats: the aggregator restarted)."""
+
+
 @dataclass
 class SuperLinkClient:
     """The `flwr` CLI with its own FLWR_HOME holding one connection to one SuperLink."""
@@ -86,11 +90,13 @@ class SuperLinkClient:
             raise RunFailed(f"listing the runs failed: {answer.get('error-message')}")
         return list(answer["runs"])
 
-    def run_status(self, run_id: int) -> str:
+    def run_status(self, run_id: int) -> tuple[str, str]:
+        """The run's status (`running`, `finished:failed`, ...) and SuperLink's details on it."""
         try:
-            return str(self._json("ls", CONNECTION, "--run-id", str(run_id))["runs"][0]["status"])
+            run = self._json("ls", CONNECTION, "--run-id", str(run_id))["runs"][0]
         except (KeyError, IndexError):
-            return "unknown"
+            return "unknown", ""
+        return str(run["status"]), str(run.get("status-details", ""))
 
 
 @contextmanager
@@ -129,16 +135,20 @@ def follow(
     console: Console,
     timeout: float,
     check_alive: Callable[[], None] = lambda: None,
+    offset: int = 0,
+    done: int = 0,
 ) -> None:
-    """Show progress from the ServerApp's events file until the run finishes.
+    """Show progress from the ServerApp's events file (from byte `offset`, `done` rounds
+    finished before) until the run finishes.
 
     Raises RunFailed when the run fails, SuperLink reports it finished without
-    completing, a local process died (`check_alive`), or `timeout` passes.
+    completing (ServerAppLost when its ServerApp vanished), a local process died
+    (`check_alive`), or `timeout` passes.
     """
-    offset, deadline, last_status_check = 0, time.monotonic() + timeout, 0.0
+    deadline, last_status_check = time.monotonic() + timeout, 0.0
     columns = (TextColumn("[bold]federation"), BarColumn(), MofNCompleteColumn(), TextColumn("rounds"), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as progress:
-        bar = progress.add_task("rounds", total=num_rounds)
+        bar = progress.add_task("rounds", total=num_rounds, completed=done)
         while True:
             events, offset = read_events(results / "events.jsonl", offset)
             for event in events:
@@ -157,10 +167,12 @@ def follow(
                 raise RunFailed(f"the run did not finish within {timeout:.0f} s")
             if now - last_status_check > 5:
                 last_status_check = now
-                status = client.run_status(run_id)
+                status, details = client.run_status(run_id)
                 if status.startswith("finished:") and status != "finished:completed":
                     time.sleep(1)  # let the ServerApp's last events land first
                     events, _ = read_events(results / "events.jsonl", offset)
-                    if not any(e["event"] == "finished" for e in events):
-                        raise RunFailed(f"run {run_id} ended as {status}; see the SuperLink log")
+                    if any(e["event"] in ("finished", "failed") for e in events):
+                        continue  # the next pass reads them
+                    lost = ServerAppLost if "heartbeat" in details.lower() else RunFailed
+                    raise lost(f"run {run_id} ended as {status} ({details or 'no details'}); see the SuperLink log")
             time.sleep(0.2)

@@ -1,149 +1,229 @@
-"""Records a run on the aggregator: per-round metrics by site, checkpoints, the final model.
+"""Records a run on the aggregator: per-round metrics and participants, checkpoints, the final model.
 
-Every file is written to a temporary name and renamed, so a crash or a full disk never
-leaves a half-written result behind. Layout of the results directory:
+Every file is written to a temporary name, synced and renamed, so a crash or a full disk
+never leaves a half-written result behind. Layout of the results directory:
 
-    run.json            what ran (notebook, hash, run config, sites, status)
-    rounds.json         one record per finished round: train/evaluate metrics per site, pooled metrics
+    run.json            what ran (notebook, hash, run config, sites and node ids, status, resumes)
+    rounds.json         one record per finished round: who was sampled, who contributed, who
+                        failed or missed the timeout, train/evaluate metrics per site, pooled metrics
     events.jsonl        one line per event, for progress displays
-    checkpoints/latest.pt   the global model after the last finished round
-    model/global_model.pt   the final global model (torch state_dict)
+    checkpoints/round-<k>.pt  the global model after round k, the last finished round (torch state_dict)
+    model/global_model.pt     the final global model (torch state_dict)
+
+A run whose ServerApp was lost (the aggregator restarted) continues from the checkpoint in a
+new Flower run with the remaining rounds (`Recorder.resume`): rounds.json is written before
+the checkpoint, so a round recorded without its checkpoint is run again, never skipped.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import time
+from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import IO, Any
 
 import torch
 from flwr.app import ArrayRecord, Message, MetricRecord
 
 from .metrics import summarize_round
 
+CHECKPOINT = re.compile(r"round-(\d+)\.pt")
+
+
+class ResultsDiskFull(OSError):
+    """The aggregator's results volume is full; what was there before is intact."""
+
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
+    """Write `path` through a synced temporary file and a rename: all of it or none of it."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC or "No space left" in str(err):
+            raise ResultsDiskFull(
+                errno.ENOSPC,
+                f"the aggregator's results volume is full: writing {path} failed and nothing was "
+                "replaced. Free space there, then resume the run from its last checkpoint",
+            ) from None
+        raise
 
 
-def save_state_dict(arrays: ArrayRecord, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(arrays.to_torch_state_dict(), tmp)
-    os.replace(tmp, path)
+def checkpoints(results_dir: Path) -> dict[int, Path]:
+    """The checkpoints in a results directory, by round."""
+    found = (CHECKPOINT.fullmatch(p.name) for p in (results_dir / "checkpoints").glob("round-*.pt"))
+    return {int(m.group(1)): results_dir / "checkpoints" / m.group(0) for m in found if m}
 
 
 class Recorder:
-    def __init__(self, results_dir: Path, run: dict[str, Any]):
+    def __init__(self, results_dir: Path, run: dict[str, Any], rounds: list[dict[str, Any]] | None = None):
         self.dir = results_dir
         for sub in ("checkpoints", "model"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
-        self.run = {**run, "sites": [], "started_at": _now(), "finished_at": None, "status": "running"}
-        self.rounds: list[dict[str, Any]] = []
+        self.run = run
+        self.rounds = rounds or []
+        self.offset = len(self.rounds)  # rounds finished before this ServerApp started
         self._current: dict[str, Any] = {}
-        self._write_run()
-        self.event("started", num_rounds=run["num_rounds"])
+
+    @classmethod
+    def start(cls, results_dir: Path, run: dict[str, Any]) -> "Recorder":
+        recorder = cls(results_dir, {**run, "sites": {}, "started_at": _now(), "finished_at": None, "status": "running"})
+        recorder._write_json("run.json", recorder.run)
+        recorder.event("started", num_rounds=run["num_rounds"])
+        return recorder
+
+    @classmethod
+    def resume(cls, results_dir: Path, run_id: int) -> tuple["Recorder", ArrayRecord | None]:
+        """Continue an interrupted run from its last checkpoint (its later records are dropped);
+        no model when it has none (it starts over)."""
+        found = checkpoints(results_dir)
+        last = max(found, default=0)
+        run = json.loads((results_dir / "run.json").read_text())
+        rounds = [r for r in json.loads((results_dir / "rounds.json").read_text()) if r["round"] <= last]
+        run["resumes"] = [*run.get("resumes", []), {"run_id": run_id, "after_round": last, "at": _now()}]
+        run.update(status="running", finished_at=None)
+        run.pop("error", None)
+        recorder = cls(results_dir, run, rounds)
+        recorder._write_json("run.json", run)
+        recorder.event("resumed", after_round=last, run_id=run_id)
+        return recorder, ArrayRecord(torch.load(found[last], weights_only=True)) if last else None
 
     # -- files -------------------------------------------------------------------------
     def _write_json(self, name: str, value: Any) -> None:
-        write_atomic(self.dir / name, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
-
-    def _write_run(self) -> None:
-        self._write_json("run.json", self.run)
+        data = (json.dumps(value, indent=2, sort_keys=True) + "\n").encode()
+        write_atomic(self.dir / name, lambda f: f.write(data))
 
     def event(self, kind: str, **fields: Any) -> None:
         line = json.dumps({"event": kind, "time": time.time(), **fields}, sort_keys=True)
         with open(self.dir / "events.jsonl", "a") as f:
             f.write(line + "\n")
 
+    def _save_model(self, arrays: ArrayRecord, path: Path) -> None:
+        state = arrays.to_torch_state_dict()
+        write_atomic(path, lambda f: torch.save(state, f))
+
     # -- hooks into the strategy ---------------------------------------------------------
     def instrument(self, strategy) -> None:
-        """Wrap the strategy's hooks to see every round's replies, whatever the strategy."""
+        """Wrap the strategy's hooks to see every round's messages and replies, whatever the
+        strategy. A resumed run's rounds are numbered on from the checkpoint, for the strategy too."""
         configure_train, aggregate_train = strategy.configure_train, strategy.aggregate_train
-        aggregate_evaluate = strategy.aggregate_evaluate
+        configure_evaluate, aggregate_evaluate = strategy.configure_evaluate, strategy.aggregate_evaluate
 
         def on_configure_train(server_round, *args, **kwargs):
-            self._current = {"round": server_round, "started": time.time(), "train": {}, "evaluate": {}, "errors": {}}
+            server_round += self.offset
+            self._current = {"round": server_round, "started": time.time(), "sampled": [], "train": {},
+                             "evaluate": {}, "errors": {}, "missing": {}}
             self.event("round_started", round=server_round)
-            return configure_train(server_round, *args, **kwargs)
+            messages = list(configure_train(server_round, *args, **kwargs))
+            self._current["sampled"] = sorted(self._name(m.metadata.dst_node_id) for m in messages)
+            self._current["asked"] = {"train": {m.metadata.dst_node_id for m in messages}}
+            return messages
 
         def on_aggregate_train(server_round, replies):
+            server_round += self.offset
             replies = list(replies)
             self._collect("train", replies)
-            if replies and all(msg.has_error() for msg in replies):
-                # fail fast: without one result there is nothing to average, in any later round either
-                reasons = "; ".join(f"{node}: {why.strip().splitlines()[-1]}" for node, why in self._current["errors"].items())
-                raise RuntimeError(f"round {server_round}: no site returned a model ({reasons})")
+            if not any(not msg.has_error() for msg in replies):
+                # fail fast: without one model there is nothing to average
+                why = "; ".join(f"{site}: {reason}" for site, reason in {**self._current["errors"], **self._current["missing"]}.items())
+                raise RuntimeError(f"round {server_round}: no site returned a model ({why or 'no site was asked'})")
             return aggregate_train(server_round, replies)
+
+        def on_configure_evaluate(server_round, *args, **kwargs):
+            messages = list(configure_evaluate(server_round + self.offset, *args, **kwargs))
+            self._current["asked"]["evaluate"] = {m.metadata.dst_node_id for m in messages}
+            return messages
 
         def on_aggregate_evaluate(server_round, replies):
             replies = list(replies)
             self._collect("evaluate", replies)
-            return aggregate_evaluate(server_round, replies)
+            return aggregate_evaluate(server_round + self.offset, replies)
 
-        strategy.configure_train = on_configure_train
-        strategy.aggregate_train = on_aggregate_train
-        strategy.aggregate_evaluate = on_aggregate_evaluate
+        strategy.configure_train, strategy.aggregate_train = on_configure_train, on_aggregate_train
+        strategy.configure_evaluate, strategy.aggregate_evaluate = on_configure_evaluate, on_aggregate_evaluate
+
+    def _name(self, node_id: int) -> str:
+        """The site a node id belongs to, once it has answered; `node-<id>` before."""
+        return next((site for site, node in self.run["sites"].items() if node == node_id), f"node-{node_id}")
 
     def _collect(self, phase: str, replies: Iterable[Message]) -> None:
+        answered = set()
         for msg in replies:
+            node_id = msg.metadata.src_node_id
+            answered.add(node_id)
             if msg.has_error():
-                node = f"node-{msg.metadata.src_node_id}"
-                self._current["errors"][node] = f"{phase}: {msg.error.reason}"
+                self._current["errors"].setdefault(self._name(node_id), f"{phase}: {msg.error.reason.strip().splitlines()[-1]}")
                 continue
-            site = str(msg.content["site"]["name"]) if "site" in msg.content else f"node-{msg.metadata.src_node_id}"
-            metrics: MetricRecord = msg.content["metrics"]
-            self._current[phase][site] = {k: v for k, v in metrics.items()}
-            if site not in self.run["sites"]:
-                self.run["sites"] = sorted([*self.run["sites"], site])
+            site = str(msg.content["site"]["name"]) if "site" in msg.content else f"node-{node_id}"
+            if self.run["sites"].get(site) != node_id:
+                self.run["sites"] = dict(sorted({**self.run["sites"], site: node_id}.items()))
+            self._current[phase][site] = {k: v for k, v in msg.content["metrics"].items()}
+        for node_id in self._current["asked"].get(phase, set()) - answered:
+            self._current["missing"].setdefault(self._name(node_id), f"{phase}: no reply within the round timeout")
 
     def end_of_round(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         """Strategy `evaluate_fn`: called with the new global model after each round."""
         if server_round == 0 or not self._current:
             return None
+        server_round += self.offset
+        current = self._current
         record = {
             "round": server_round,
-            "duration_s": round(time.time() - self._current["started"], 3),
-            "train": self._current["train"],
-            "evaluate": self._current["evaluate"],
-            "pooled": summarize_round(self._current["evaluate"]) if self._current["evaluate"] else {},
+            "duration_s": round(time.time() - current["started"], 3),
+            "sampled": current["sampled"],
+            "sites": {site: self.run["sites"][site] for site in sorted(current["train"])},
+            "train": current["train"],
+            "evaluate": current["evaluate"],
+            "pooled": summarize_round(current["evaluate"]) if current["evaluate"] else {},
         }
-        if self._current["errors"]:
-            record["errors"] = self._current["errors"]
+        for problems in ("errors", "missing"):
+            if current[problems]:
+                record[problems] = current[problems]
         self.rounds.append(record)
-        save_state_dict(arrays, self.dir / "checkpoints" / "latest.pt")
         self._write_json("rounds.json", self.rounds)
-        self._write_run()
+        previous = checkpoints(self.dir)
+        self._save_model(arrays, self.dir / "checkpoints" / f"round-{server_round}.pt")
+        for round_, path in previous.items():
+            if round_ != server_round:
+                path.unlink(missing_ok=True)
+        self._write_json("run.json", self.run)
         self.event(
             "round_finished",
             round=server_round,
             duration_s=record["duration_s"],
-            sites=sorted(record["train"]),
+            sites=sorted(record["sites"]),
             pooled=record["pooled"],
-            errors=record.get("errors", {}),
+            errors={**current["errors"], **current["missing"]},
         )
         self._current = {}
         return None
 
     def finish(self, arrays: ArrayRecord | None) -> None:
         if arrays is not None:
-            save_state_dict(arrays, self.dir / "model" / "global_model.pt")
+            self._save_model(arrays, self.dir / "model" / "global_model.pt")
         self.run.update(status="completed", finished_at=_now())
-        self._write_run()
+        self._write_json("run.json", self.run)
         self.event("finished", rounds=len(self.rounds))
 
     def fail(self, error: BaseException) -> None:
+        """Record the failure where the disk allows it (it may be the full disk that failed)."""
         self.run.update(status="failed", finished_at=_now(), error=f"{type(error).__name__}: {error}")
-        self._write_run()
-        self.event("failed", error=self.run["error"])
+        try:
+            self._write_json("run.json", self.run)
+            self.event("failed", error=self.run["error"])
+        except OSError:
+            pass

@@ -1,8 +1,14 @@
-"""ServerApp: the notebook's model and strategy (FedAvg unless the notebook builds one)."""
+"""ServerApp: the notebook's model and strategy (FedAvg unless the notebook builds one).
+
+The participation policy comes from the run config (`nbfed.min-sites`, `nbfed.fraction-train`,
+`nbfed.round-timeout`). With `nbfed.resume = true` the run continues the one in its results
+directory from its last checkpoint, for the rounds that remain.
+"""
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -30,6 +36,27 @@ def _strategy(config: dict, context: Context):
     )
 
 
+def _bound_quorum_wait(strategy, grid: Grid, timeout: float) -> None:
+    """Flower waits for `min_available_nodes` forever; give up after `timeout` with the reason."""
+    needed = int(getattr(strategy, "min_available_nodes", 1))
+    configure_train = strategy.configure_train
+
+    def configure_train_with_quorum(server_round, *args, **kwargs):
+        deadline = time.monotonic() + timeout
+        while len(online := list(grid.get_node_ids())) < needed:
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"round {server_round} cannot start: {len(online)} site(s) online, the participation "
+                    f"policy needs {needed} (nbfed_min_sites) and {timeout:.0f} s (nbfed_round_timeout) passed. "
+                    "Bring the missing sites back (ansible-playbook playbooks/status.yml lists them) or lower "
+                    "nbfed_min_sites, then resume the run"
+                )
+            time.sleep(1)
+        return configure_train(server_round, *args, **kwargs)
+
+    strategy.configure_train = configure_train_with_quorum
+
+
 def _results_dir(context: Context) -> Path:
     configured = toolkit(context, "results-dir", "")
     if configured:
@@ -41,30 +68,37 @@ def _results_dir(context: Context) -> Path:
 def main(grid: Grid, context: Context) -> None:
     config = notebook_config(context)
     num_rounds = int(config["num_rounds"])
-    recorder = Recorder(
-        _results_dir(context),
-        {
-            "app": __package__,
-            "notebook": NOTEBOOK,
-            "notebook_sha256": NOTEBOOK_SHA256,
-            "run_id": context.run_id,
-            "run_config": dict(context.run_config),
-            "num_rounds": num_rounds,
-        },
-    )
-    try:
-        torch.manual_seed(int(config.get("seed", 0)))
-        initial = ArrayRecord(task.build_model(config).state_dict())
-        strategy = _strategy(config, context)
-        recorder.instrument(strategy)
-        result = strategy.start(
-            grid=grid,
-            initial_arrays=initial,
-            num_rounds=num_rounds,
-            timeout=toolkit(context, "round-timeout", 600.0),
-            evaluate_fn=recorder.end_of_round,
+    timeout = toolkit(context, "round-timeout", 600.0)
+    if toolkit(context, "resume", False):
+        recorder, arrays = Recorder.resume(_results_dir(context), context.run_id)
+    else:
+        arrays, recorder = None, Recorder.start(
+            _results_dir(context),
+            {
+                "app": __package__,
+                "notebook": NOTEBOOK,
+                "notebook_sha256": NOTEBOOK_SHA256,
+                "run_id": context.run_id,
+                "run_config": dict(context.run_config),
+                "num_rounds": num_rounds,
+            },
         )
+    if arrays is None:
+        torch.manual_seed(int(config.get("seed", 0)))
+        arrays = ArrayRecord(task.build_model(config).state_dict())
+    try:
+        strategy = _strategy(config, context)
+        _bound_quorum_wait(strategy, grid, timeout)
+        recorder.instrument(strategy)
+        if num_rounds > recorder.offset:
+            arrays = strategy.start(
+                grid=grid,
+                initial_arrays=arrays,
+                num_rounds=num_rounds - recorder.offset,
+                timeout=timeout,
+                evaluate_fn=recorder.end_of_round,
+            ).arrays
     except BaseException as err:
         recorder.fail(err)
         raise
-    recorder.finish(result.arrays)
+    recorder.finish(arrays)

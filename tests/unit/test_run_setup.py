@@ -27,7 +27,7 @@ def test_sites_are_the_subdirectories_with_train_and_test(tmp_path):
 def test_prepare_run_writes_overrides_and_refuses_unknown_keys(tmp_path):
     nb = write_notebook(tmp_path / "nb.ipynb", minimal_cells())
     run = prepare_run(nb, tmp_path / "results", {"num_rounds": 5, "nbfed.min-sites": 3})
-    assert run.num_rounds == 5 and (run.app.root / "pyproject.toml").is_file()
+    assert run.num_rounds == 5 and (run.app_dir / "pyproject.toml").is_file()
     text = run.overrides.read_text()
     assert '"num_rounds" = 5' in text and '"nbfed.min-sites" = 3' in text and "nbfed.results-dir" in text
     with pytest.raises(KeyError, match="unknown run config key.*epochs"):
