@@ -33,7 +33,7 @@ def run_ansible(tool: str, *args: str, data: Path | None = None, timeout: int = 
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     if data is not None:
         env["NBFED_TEST_DATA"] = str(data)
-    done = subprocess.run([venv_tool(tool), *args], cwd=ROOT, capture_output=True, text=True,
+    done = subprocess.run([venv_tool(tool), *args], cwd=ROOT, capture_output=True, text=True, stdin=subprocess.DEVNULL,
                           timeout=timeout, env=env)
     done.output = done.stdout + done.stderr  # type: ignore[attr-defined]
     return done

@@ -126,11 +126,11 @@ class Recorder:
         def on_configure_train(server_round, *args, **kwargs):
             server_round += self.offset
             self._current = {"round": server_round, "started": time.time(), "sampled": [], "train": {},
-                             "evaluate": {}, "errors": {}, "missing": {}}
+                             "evaluate": {}, "errors": {}, "missing": {}, "asked": {}, "answered": {}}
             self.event("round_started", round=server_round)
             messages = list(configure_train(server_round, *args, **kwargs))
             self._current["sampled"] = sorted(self._name(m.metadata.dst_node_id) for m in messages)
-            self._current["asked"] = {"train": {m.metadata.dst_node_id for m in messages}}
+            self._current["asked"]["train"] = {m.metadata.dst_node_id for m in messages}
             return messages
 
         def on_aggregate_train(server_round, replies):
@@ -144,7 +144,11 @@ class Recorder:
             return aggregate_train(server_round, replies)
 
         def on_configure_evaluate(server_round, *args, **kwargs):
-            messages = list(configure_evaluate(server_round + self.offset, *args, **kwargs))
+            # A site that did not answer this round's training is presumed gone: asking it to
+            # evaluate would only hold the round for another timeout. It is asked next round.
+            gone = self._current["asked"]["train"] - self._current["answered"].get("train", set())
+            messages = [m for m in configure_evaluate(server_round + self.offset, *args, **kwargs)
+                        if m.metadata.dst_node_id not in gone]
             self._current["asked"]["evaluate"] = {m.metadata.dst_node_id for m in messages}
             return messages
 
@@ -172,6 +176,7 @@ class Recorder:
             if self.run["sites"].get(site) != node_id:
                 self.run["sites"] = dict(sorted({**self.run["sites"], site: node_id}.items()))
             self._current[phase][site] = {k: v for k, v in msg.content["metrics"].items()}
+        self._current["answered"][phase] = answered
         for node_id in self._current["asked"].get(phase, set()) - answered:
             self._current["missing"].setdefault(self._name(node_id), f"{phase}: no reply within the round timeout")
 

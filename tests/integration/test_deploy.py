@@ -2,88 +2,25 @@
 idempotence, check mode, a new run after a code-only notebook edit, status, and teardown
 followed by deploy keeping results, state and keys.
 
-The deployment is the repository's inventory/local under another name (its own compose
-projects, free ports, control and host directories in a temporary tree, small synthetic
-data), so a developer's own local deployment is left alone. The tests run in file order
-and share that one deployment; the module's teardown purges it.
+The deployment is the repository's inventory/local under another name (local_deployment.py).
+The tests run in file order and share that one deployment; the module's teardown purges it.
 """
 
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 from pathlib import Path
 
 import nbformat
 import pytest
-from playbook import ROOT, assert_nothing_changed, recap, run_ansible, tree
-
-from nbfed.synth import generate
+from local_deployment import SITES, Deployment, assert_ok, task_result
+from playbook import ROOT, assert_nothing_changed, tree
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 DEPLOYMENT = "pytest-local"
-SITES = ("site-a", "site-b", "site-c")
 ROUNDS = 2
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
-
-
-class Deployment:
-    """inventory/local under a test name, every path in `root`."""
-
-    def __init__(self, root: Path, base_image: str) -> None:
-        self.root = root
-        self.control = root / "control"
-        self.results = root / "results"
-        self.data = root / "data"
-        self.extra = {
-            "nbfed_deployment": DEPLOYMENT,
-            "nbfed_control_dir": str(self.control),
-            "nbfed_results_dir": str(self.results),
-            "nbfed_local_data": str(self.data),
-            "nbfed_base_image": base_image,
-            "nbfed_rounds": ROUNDS,
-            "aggregator_port": free_port(),
-            "aggregator_control_port": free_port(),
-        }
-
-    def playbook(self, playbook: str, *args: str, timeout: int = 900, **extra) -> subprocess.CompletedProcess:
-        done = run_ansible("ansible-playbook", playbook, "-i", "inventory/local",
-                           "-e", json.dumps({**self.extra, **extra}), *args, timeout=timeout)
-        return done
-
-    def host_dir(self, host: str) -> Path:
-        return self.control / "hosts" / host
-
-    def runs(self) -> list[Path]:
-        return sorted(p for p in self.results.iterdir() if (p / "rounds.json").exists()) if self.results.exists() else []
-
-    def containers(self) -> list[str]:
-        done = subprocess.run(["docker", "ps", "-a", "--filter", f"name=nbfed-{DEPLOYMENT}-", "--format", "{{.Names}}"],
-                              capture_output=True, text=True, check=True)
-        return done.stdout.split()
-
-
-def assert_ok(done: subprocess.CompletedProcess, control_node: bool = True) -> dict[str, dict[str, int]]:
-    assert done.returncode == 0, done.output[-20000:]
-    hosts = recap(done.output)
-    assert set(hosts) == {"local-aggregator", *SITES} | ({"localhost"} if control_node else set()), done.output[-5000:]
-    return hosts
-
-
-def task_result(output: str, task: str, host: str) -> str:
-    """'ok', 'changed', 'skipping' or 'failed': what `task` reported for `host` (the last time it ran)."""
-    block = output.rsplit(f"TASK [{task}]", 1)[1].split("\nTASK [", 1)[0]
-    for status in ("changed", "ok", "skipping", "fatal"):
-        if f"{status}: [{host}]" in block or f"{status}: [{host} -> " in block:  # (or delegated)
-            return status
-    raise AssertionError(f"no result of {task!r} for {host} in:\n{block}")
 
 
 def assert_run_completed(run: Path) -> None:
@@ -98,12 +35,9 @@ def assert_run_completed(run: Path) -> None:
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory, base_image, docker_engine):
-    d = Deployment(tmp_path_factory.mktemp("deploy"), base_image)
-    generate(d.data, scale=0.05)
+    d = Deployment(DEPLOYMENT, tmp_path_factory.mktemp("deploy"), base_image, nbfed_rounds=ROUNDS)
     yield d
-    done = d.playbook("playbooks/teardown.yml", timeout=300, teardown_purge=True, teardown_purge_confirmed=True)
-    assert done.returncode == 0, done.output[-5000:]
-    assert not d.containers()
+    d.purge()
 
 
 @pytest.fixture(scope="module")
