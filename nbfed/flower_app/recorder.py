@@ -21,6 +21,7 @@ import errno
 import json
 import os
 import re
+import shutil
 import time
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
@@ -53,8 +54,10 @@ def write_atomic(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as err:
+        # (torch.save reports a full disk as a RuntimeError about stream positions.)
+        full = getattr(err, "errno", None) == errno.ENOSPC or shutil.disk_usage(path.parent).free < 1 << 20
         tmp.unlink(missing_ok=True)
-        if isinstance(err, OSError) and err.errno == errno.ENOSPC or "No space left" in str(err):
+        if full:
             raise ResultsDiskFull(
                 errno.ENOSPC,
                 f"the aggregator's results volume is full: writing {path} failed and nothing was "
@@ -130,7 +133,7 @@ class Recorder:
             self.event("round_started", round=server_round)
             messages = list(configure_train(server_round, *args, **kwargs))
             self._current["sampled"] = sorted(self._name(m.metadata.dst_node_id) for m in messages)
-            self._current["asked"]["train"] = {m.metadata.dst_node_id for m in messages}
+            self._current["asked"]["train"] = messages
             return messages
 
         def on_aggregate_train(server_round, replies):
@@ -146,10 +149,10 @@ class Recorder:
         def on_configure_evaluate(server_round, *args, **kwargs):
             # A site that did not answer this round's training is presumed gone: asking it to
             # evaluate would only hold the round for another timeout. It is asked next round.
-            gone = self._current["asked"]["train"] - self._current["answered"].get("train", set())
+            gone = {m.metadata.dst_node_id for m in self._current["asked"]["train"]} - self._current["answered"].get("train", set())
             messages = [m for m in configure_evaluate(server_round + self.offset, *args, **kwargs)
                         if m.metadata.dst_node_id not in gone]
-            self._current["asked"]["evaluate"] = {m.metadata.dst_node_id for m in messages}
+            self._current["asked"]["evaluate"] = messages
             return messages
 
         def on_aggregate_evaluate(server_round, replies):
@@ -165,9 +168,12 @@ class Recorder:
         return next((site for site, node in self.run["sites"].items() if node == node_id), f"node-{node_id}")
 
     def _collect(self, phase: str, replies: Iterable[Message]) -> None:
+        # (A reply SuperLink makes for a node, "Node Unavailable", comes from SuperLink's own
+        # node id: the message it answers names the node.)
+        asked = {m.metadata.message_id: m.metadata.dst_node_id for m in self._current["asked"].get(phase, [])}
         answered = set()
         for msg in replies:
-            node_id = msg.metadata.src_node_id
+            node_id = asked.get(msg.metadata.reply_to_message_id, msg.metadata.src_node_id)
             answered.add(node_id)
             if msg.has_error():
                 self._current["errors"].setdefault(self._name(node_id), f"{phase}: {msg.error.reason.strip().splitlines()[-1]}")
@@ -177,7 +183,7 @@ class Recorder:
                 self.run["sites"] = dict(sorted({**self.run["sites"], site: node_id}.items()))
             self._current[phase][site] = {k: v for k, v in msg.content["metrics"].items()}
         self._current["answered"][phase] = answered
-        for node_id in self._current["asked"].get(phase, set()) - answered:
+        for node_id in set(asked.values()) - answered:
             self._current["missing"].setdefault(self._name(node_id), f"{phase}: no reply within the round timeout")
 
     def end_of_round(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:

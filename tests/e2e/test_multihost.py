@@ -174,6 +174,30 @@ def test_second_deploy_changes_nothing_outside_the_run(consortium, deployed) -> 
     assert not changed, changed
 
 
+def test_a_damaged_image_archive_is_refused_before_it_is_copied(consortium, deployed) -> None:
+    site_image = json.loads((consortium.control / "images.json").read_text())["NBFED_SITE_IMAGE"]
+    archive = consortium.control / "images" / (site_image.replace("/", "_").replace(":", "_") + ".tar")
+    with open(archive, "r+b") as f:  # one flipped byte, deep inside a layer: the manifest still reads
+        f.seek(archive.stat().st_size // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    consortium.hosts.exec("site-c", "docker", "rmi", "--force", site_image)  # site-c needs the image again
+
+    done = consortium.playbook("deploy.yml", "--tags", "sites", "--limit", "site-c")
+    assert done.returncode != 0, done.output[-5000:]
+    said = " ".join(done.output.split())
+    assert f"The control node's archive {archive} of {site_image} has sha256" in said, said[-3000:]
+    assert "recorded when it was saved: it is corrupt or truncated" in said and "--tags build" in said
+    assert not consortium.hosts.exec("site-c", "sh", "-c", "ls /opt/nbfed/images 2>/dev/null").stdout.strip()
+
+    # The build stage saves the archive anew; then it travels and loads.
+    done = consortium.playbook("deploy.yml", "--tags", "build,sites", "--limit", "localhost,site-c")
+    assert done.returncode == 0, done.output[-5000:]
+    assert "changed: [localhost] => (item=" in done.output.split("TASK [images : Save the images]", 1)[1].split("TASK [", 1)[0]
+    assert site_image in consortium.hosts.exec("site-c", "docker", "images", "--format", "{{.Repository}}:{{.Tag}}").stdout
+
+
 @pytest.fixture(scope="module")
 def registry(consortium):
     if shutil.which("docker-registry") is None:

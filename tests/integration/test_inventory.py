@@ -11,6 +11,7 @@ touched. Runs that reach the host probes need a Docker Engine with Compose v2 he
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -124,6 +125,24 @@ def test_local_inventory_without_data_says_how_to_make_it(docker_engine, tmp_pat
     assert "nbfed synth-data -o data/synthetic" in said, done.output
     assert_nothing_changed(done)
     assert not missing.exists()
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("fault", ["missing", "empty"])
+def test_a_site_data_directory_that_is_missing_or_empty_is_refused(docker_engine, site_data, tmp_path, fault) -> None:
+    """One site's data gone (the others fine): deploy.yml stops in preflight, naming the site and path."""
+    data = tmp_path / "data"
+    shutil.copytree(site_data, data)
+    shutil.rmtree(data / "site-b")
+    if fault == "empty":
+        (data / "site-b").mkdir()
+    done = run_ansible("ansible-playbook", "deploy.yml", "-i", "inventory/local", "-i", str(data_override(tmp_path, data)))
+    assert done.returncode != 0, done.output
+    said = " ".join(done.output.split())
+    wrong = "does not exist" if fault == "missing" else "is empty"
+    assert f"Site site-b (host site-b): the data directory {data / 'site-b'} {wrong}" in said, done.output
+    assert "PLAY [Build]" not in done.output, done.output
+    assert_nothing_changed(done)
 
 
 @pytest.mark.parametrize("name", sorted(BAD_INVENTORIES))
