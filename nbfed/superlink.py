@@ -7,10 +7,12 @@ playbook's run stage, on the aggregator host).
 from __future__ import annotations
 
 import json
+import ssl
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -75,6 +77,19 @@ class SuperLinkClient:
                 return int(answer["run-id"])
             time.sleep(1)
         raise RunFailed(f"`flwr run` failed: {str(answer.get('error-message'))[-2000:]}")
+
+    def reachable(self) -> bool:
+        """Whether SuperLink answers on /health (much cheaper than a `flwr` call)."""
+        context = ssl.create_default_context(cafile=self.root_certificates) if self.root_certificates else None
+        scheme = "https" if context else "http"
+        try:
+            with urllib.request.urlopen(f"{scheme}://{self.address}/health", timeout=2, context=context):
+                return True
+        except OSError:
+            return False
+
+    def stop(self, run_id: int) -> None:
+        self.flwr("stop", str(run_id), CONNECTION)
 
     def nodes(self) -> list[dict[str, Any]]:
         """The registered SuperNodes: node-id, status (online, offline, registered), times."""
@@ -145,7 +160,7 @@ def follow(
     completing (ServerAppLost when its ServerApp vanished), a local process died
     (`check_alive`), or `timeout` passes.
     """
-    deadline, last_status_check = time.monotonic() + timeout, 0.0
+    deadline, last_status_check, last_health_check, superlink_down = time.monotonic() + timeout, 0.0, 0.0, False
     columns = (TextColumn("[bold]federation"), BarColumn(), MofNCompleteColumn(), TextColumn("rounds"), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as progress:
         bar = progress.add_task("rounds", total=num_rounds, completed=done)
@@ -165,6 +180,15 @@ def follow(
             now = time.monotonic()
             if now > deadline:
                 raise RunFailed(f"the run did not finish within {timeout:.0f} s")
+            if now - last_health_check > 1:
+                last_health_check = now
+                if not client.reachable():
+                    superlink_down = True
+                elif superlink_down:
+                    # SuperLink is back, but the ServerApp (its child process) did not survive;
+                    # Flower would notice only when its heartbeat lapses, a minute later.
+                    client.stop(run_id)
+                    raise ServerAppLost(f"SuperLink restarted under run {run_id}; its ServerApp went with it")
             if now - last_status_check > 5:
                 last_status_check = now
                 status, details = client.run_status(run_id)

@@ -109,3 +109,14 @@ def make_pki(directory: Path, ca_name: str = "nbfed test CA") -> Path:
 def pki(tmp_path_factory) -> Path:
     """A test consortium PKI (see make_pki)."""
     return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="session")
+def local_deployment(tmp_path_factory, base_image, docker_engine):
+    """inventory/local as `pytest-local` (local_deployment.py), shared by test_deploy and
+    test_reliability and purged at the end of the session."""
+    from local_deployment import Deployment
+
+    deployment = Deployment("pytest-local", tmp_path_factory.mktemp("deploy"), base_image, nbfed_rounds=2)
+    yield deployment
+    deployment.purge()

@@ -2,8 +2,9 @@
 idempotence, check mode, a new run after a code-only notebook edit, status, and teardown
 followed by deploy keeping results, state and keys.
 
-The deployment is the repository's inventory/local under another name (local_deployment.py).
-The tests run in file order and share that one deployment; the module's teardown purges it.
+The deployment is the repository's inventory/local under another name (local_deployment.py,
+the session fixture local_deployment, which test_reliability goes on using). The tests run in
+file order and share that one deployment.
 """
 
 from __future__ import annotations
@@ -19,8 +20,7 @@ from playbook import ROOT, assert_nothing_changed, tree
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
-DEPLOYMENT = "pytest-local"
-ROUNDS = 2
+ROUNDS = 2  # local_deployment's nbfed_rounds
 
 
 def assert_run_completed(run: Path) -> None:
@@ -34,10 +34,8 @@ def assert_run_completed(run: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def deployment(tmp_path_factory, base_image, docker_engine):
-    d = Deployment(DEPLOYMENT, tmp_path_factory.mktemp("deploy"), base_image, nbfed_rounds=ROUNDS)
-    yield d
-    d.purge()
+def deployment(local_deployment) -> Deployment:
+    return local_deployment
 
 
 @pytest.fixture(scope="module")
@@ -56,9 +54,9 @@ def test_deploy_completes_a_federation_and_shows_the_table(deployment, first_dep
         assert metric in said.rsplit("TASK [run : Show the results]", 1)[1], said[-5000:]
     # Every stack runs, each site as its own compose project, every container healthy.
     names = deployment.containers()
-    assert f"nbfed-{DEPLOYMENT}-aggregator-superlink-1" in names and f"nbfed-{DEPLOYMENT}-aggregator-proxy-1" in names
+    assert f"nbfed-{deployment.name}-aggregator-superlink-1" in names and f"nbfed-{deployment.name}-aggregator-proxy-1" in names
     for site in SITES:
-        assert f"nbfed-{DEPLOYMENT}-site-{site}-supernode-1" in names, names
+        assert f"nbfed-{deployment.name}-site-{site}-supernode-1" in names, names
 
 
 def test_second_deploy_changes_nothing_outside_the_run(deployment, first_deploy) -> None:
@@ -115,7 +113,7 @@ def test_teardown_then_deploy_keeps_results_state_and_keys(deployment, first_dep
     assert_ok(done)
     assert deployment.containers() == []
     volumes = subprocess.run(["docker", "volume", "ls", "--format", "{{.Name}}"], capture_output=True, text=True).stdout
-    assert f"nbfed-{DEPLOYMENT}-aggregator_state" in volumes.split()
+    assert f"nbfed-{deployment.name}-aggregator_state" in volumes.split()
     assert tree(deployment.results) == results
 
     done = deployment.playbook("deploy.yml", "--skip-tags", "run")

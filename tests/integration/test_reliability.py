@@ -2,8 +2,9 @@
 mid-round, the aggregator restarted mid-run, its results volume full while checkpointing,
 a site that cannot verify the aggregator's certificate, and a purge nobody confirmed.
 
-One deployment (inventory/local as `pytest-faults`, local_deployment.py) with a participation
-policy that tolerates one site out: two sites start a round, a round waits 45 s. Faults are
+The deployment is test_deploy's (the session fixture local_deployment), deployed here when
+this module runs alone. Runs get a participation policy that tolerates one site out: two
+sites start a round, a round waits 30 s for replies. Faults are
 made from outside, as they happen: the SuperNode's process killed on its host (not `docker
 kill`, which the restart policy would honour as an order), the site's packets dropped on its
 host with iptables, SuperLink's container restarted, a small tmpfs under the results.
@@ -26,17 +27,19 @@ from playbook import tree
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
-DEPLOYMENT = "pytest-faults"
-TIMEOUT = 45  # nbfed_round_timeout: a round goes on without a site that has not answered by then
+TIMEOUT = 30  # nbfed_round_timeout: a round goes on without a site that has not answered by then
+POLICY = {"nbfed_min_sites": 2, "nbfed_round_timeout": TIMEOUT}
 
 
 @pytest.fixture(scope="module")
-def deployment(tmp_path_factory, base_image, docker_engine):
-    d = Deployment(DEPLOYMENT, tmp_path_factory.mktemp("faults"), base_image,
-                   nbfed_min_sites=2, nbfed_round_timeout=TIMEOUT)
-    assert_ok(d.playbook("deploy.yml", "--skip-tags", "run", timeout=1500))
-    yield d
-    d.purge()
+def deployment(local_deployment) -> Deployment:
+    if len(local_deployment.containers()) < 2 + len(SITES):
+        assert_ok(local_deployment.playbook("deploy.yml", "--skip-tags", "run", timeout=1500))
+    return local_deployment
+
+
+def run_in_background(deployment: Deployment, pool: ThreadPoolExecutor, **extra):
+    return pool.submit(deployment.playbook, "deploy.yml", "--tags", "run", timeout=1500, **POLICY, **extra)
 
 
 def docker(*args: str) -> str:
@@ -72,7 +75,7 @@ def test_sites_that_die_or_are_cut_off_miss_a_round_and_rejoin_with_the_same_ide
     results = deployment.aggregator_results(run)
     restarts = int(docker("inspect", "--format", "{{.RestartCount}}", deployment.container("site-c")))
     with ThreadPoolExecutor(1) as pool:
-        running = pool.submit(deployment.playbook, "deploy.yml", "--tags", "run", timeout=1500, run_name=run, nbfed_rounds=5)
+        running = run_in_background(deployment, pool, run_name=run, nbfed_rounds=5)
         wait_for_event(results, "round_started", round=2)
         time.sleep(3)  # the sites have their training messages
         crash(deployment.container("site-c"))
@@ -104,21 +107,21 @@ def test_aggregator_restarted_mid_run_goes_on_from_the_last_checkpoint(deploymen
     run = "restart"
     results = deployment.aggregator_results(run)
     with ThreadPoolExecutor(1) as pool:
-        running = pool.submit(deployment.playbook, "deploy.yml", "--tags", "run", timeout=1500, run_name=run, nbfed_rounds=3)
+        running = run_in_background(deployment, pool, run_name=run, nbfed_rounds=2)
         wait_for_event(results, "round_started", round=2)
-        docker("restart", f"nbfed-{DEPLOYMENT}-aggregator-superlink-1")
+        docker("restart", f"nbfed-{deployment.name}-aggregator-superlink-1")
         done = running.result()
 
     assert_ok(done)
     fetched = deployment.results / run
     rounds = rounds_of(fetched)
-    assert [r["round"] for r in rounds] == [1, 2, 3], rounds  # round 2 was run again, once
+    assert [r["round"] for r in rounds] == [1, 2], rounds  # round 2 was run again, once
     run_json = json.loads((fetched / "run.json").read_text())
     assert run_json["status"] == "completed"
     assert [r["after_round"] for r in run_json["resumes"]] == [1], run_json
     # SuperLink's state survived: the same nodes answered before and after, nobody registered again.
     assert all(r["sites"] == rounds[0]["sites"] for r in rounds), rounds
-    assert sorted(p.name for p in (fetched / "checkpoints").iterdir()) == ["round-3.pt"]
+    assert sorted(p.name for p in (fetched / "checkpoints").iterdir()) == ["round-2.pt"]
     assert torch.load(fetched / "model" / "global_model.pt", weights_only=True)
     assert "Resumed from the checkpoint of round 1" in (fetched / "report.md").read_text()
 
@@ -130,8 +133,8 @@ def test_a_full_results_volume_fails_the_run_keeps_the_last_checkpoint_and_the_r
     # Room for the app, the records and one checkpoint, not for the next one beside it.
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,uid=10001,gid=10001,mode=0755", "tmpfs", str(results)], check=True)
     try:
-        docker("restart", f"nbfed-{DEPLOYMENT}-aggregator-superlink-1")  # SuperLink sees the new mount
-        done = deployment.playbook("deploy.yml", "--tags", "run", timeout=1500, run_name=run, nbfed_rounds=3)
+        docker("restart", f"nbfed-{deployment.name}-aggregator-superlink-1")  # SuperLink sees the new mount
+        done = deployment.playbook("deploy.yml", "--tags", "run", timeout=1500, run_name=run, nbfed_rounds=2, **POLICY)
         assert done.returncode != 0
         said = " ".join(done.output.split())
         assert "the aggregator's results volume is full" in said, said[said.find("failed (exit"):][:3000]
@@ -145,7 +148,7 @@ def test_a_full_results_volume_fails_the_run_keeps_the_last_checkpoint_and_the_r
         done = deployment.playbook("deploy.yml", "--tags", "run", timeout=1500, run_resume=run)
         assert_ok(done)
         rounds = rounds_of(deployment.results / run)
-        assert [r["round"] for r in rounds] == [1, 2, 3]
+        assert [r["round"] for r in rounds] == [1, 2]
         assert json.loads((deployment.results / run / "run.json").read_text())["status"] == "completed"
     finally:
         subprocess.run(["umount", str(results)], check=False)
