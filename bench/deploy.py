@@ -1,0 +1,193 @@
+#!/usr/bin/env python3
+"""Deploy and notebook-edit latency on inventory/local (issue 7, items 3 and 4).
+
+    .venv/bin/python bench/deploy.py [--runs 3] [--out bench/results/deploy.json] [--smoke]
+
+Runs inventory/local under the deployment name `bench` (its own compose projects, ports and
+directories under .nbfed/bench, so a developer's `local` deployment is left alone), on
+synthetic data at a small scale, and measures, --runs times each:
+
+  warm deploy   deploy.yml with nothing changed: total, each stage (play), and the time
+                until the run is submitted ("reaches training")
+  edit to run   a code-only edit of the notebook, then playbooks/run.yml: the time until
+                the ServerApp sends round 1 to every site, and until round 1 is done
+  no-op         deploy.yml --skip-tags run: what a redeploy costs when nothing changed
+
+The first deploy of the session (cold if the images are missing) is recorded too. Stage
+times come from Ansible's profile_tasks callback (ansible.cfg). Medians and ranges go to
+--out with the machine; a table is printed. --smoke: one run of each, one round, to keep
+the script working in CI, not to measure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import nbformat
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+DEPLOYMENT = "bench"
+# profile_tasks prints, after each TASK/PLAY header, the time and the elapsed total so far.
+ELAPSED = re.compile(r"^\w+ \d+ \w+ \d{4}\s+[\d:]+ \+0000 \([\d:.]+\)\s+(\d+):(\d\d):(\d\d\.\d+) \*+$")
+console = Console()
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    mem = int(Path("/proc/meminfo").read_text().split()[1]) // 1024
+    return {"cpus": os.cpu_count(), "cpu": cpu, "memory_mib": mem, "python": platform.python_version(),
+            "docker": subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"],
+                                     capture_output=True, text=True).stdout.strip(),
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def playbook(playbook: str, extra: dict, *args: str) -> tuple[float, str]:
+    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
+               PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
+    started = time.monotonic()
+    done = subprocess.run([str(BIN / "ansible-playbook"), playbook, "-i", "inventory/local", "-e", json.dumps(extra), *args],
+                          cwd=ROOT, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    took = time.monotonic() - started
+    if done.returncode != 0:
+        sys.exit(f"{playbook} failed:\n{(done.stdout + done.stderr)[-5000:]}")
+    return took, done.stdout
+
+
+def timeline(output: str) -> list[tuple[str, float]]:
+    """(header, elapsed seconds when it started) for every PLAY and TASK header."""
+    marks, header = [], None
+    for line in output.splitlines():
+        if line.startswith(("PLAY [", "TASK [")):
+            header = line.split(" *", 1)[0]
+        elif header and (m := ELAPSED.match(line)):
+            marks.append((header, int(m[1]) * 3600 + int(m[2]) * 60 + float(m[3])))
+            header = None
+    return marks
+
+
+def stages(output: str, total: float) -> dict[str, float]:
+    """Seconds per play (stage) of the playbook."""
+    plays = [(h[6:-1], t) for h, t in timeline(output) if h.startswith("PLAY [")]
+    ends = [t for _, t in plays[1:]] + [total]
+    out: dict[str, float] = {}
+    for (name, start), end in zip(plays, ends):
+        out[name] = out.get(name, 0.0) + end - start
+    return out
+
+
+def until(output: str, task: str) -> float:
+    return next(t for h, t in timeline(output) if task in h)
+
+
+def first_event(results: Path, kind: str) -> float:
+    for line in (results / "events.jsonl").read_text().splitlines():
+        event = json.loads(line)
+        if event["event"] == kind:
+            return event["time"]
+    raise ValueError(f"no {kind} event in {results}")
+
+
+def summary(values: list[float]) -> dict:
+    return {"median": round(statistics.median(values), 2), "min": round(min(values), 2),
+            "max": round(max(values), 2), "runs": [round(v, 2) for v in values]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "deploy.json")
+    parser.add_argument("--smoke", action="store_true", help="one run of each, one round: keeps the script working")
+    parser.add_argument("--keep", action="store_true", help="leave the bench deployment running")
+    args = parser.parse_args()
+    runs = 1 if args.smoke else args.runs
+
+    work = Path(tempfile.mkdtemp(prefix="nbfed-bench-"))
+    subprocess.run([str(BIN / "nbfed"), "synth-data", "-o", str(work / "data"), "--scale", "0.05"],
+                   check=True, capture_output=True)
+    extra = {"nbfed_deployment": DEPLOYMENT, "nbfed_local_data": str(work / "data"),
+             "nbfed_results_dir": str(work / "results"), "nbfed_rounds": 1 if args.smoke else 2,
+             "aggregator_port": free_port(), "aggregator_control_port": free_port()}
+    aggregator_results = ROOT / ".nbfed" / DEPLOYMENT / "hosts" / "local-aggregator" / "aggregator" / "results"
+    measured: dict[str, dict] = {}
+    try:
+        with console.status("first deploy (builds the images if they are missing)"):
+            took, out = playbook("deploy.yml", extra)
+        measured["first deploy"] = {"total": summary([took]), "stages": stages(out, took)}
+
+        warm, warm_submit, warm_stages = [], [], []
+        for n in range(runs):
+            with console.status(f"warm deploy {n + 1}/{runs}"):
+                took, out = playbook("deploy.yml", extra)
+            warm.append(took)
+            warm_submit.append(until(out, "TASK [run : Submit run"))
+            warm_stages.append(stages(out, took))
+        measured["warm deploy"] = {"total": summary(warm), "reaches training": summary(warm_submit),
+                                   "stages": {k: summary([s[k] for s in warm_stages]) for k in warm_stages[0]}}
+
+        noop = []
+        for n in range(runs):
+            with console.status(f"no-op redeploy {n + 1}/{runs}"):
+                noop.append(playbook("deploy.yml", extra, "--skip-tags", "run")[0])
+        measured["no-op redeploy"] = {"total": summary(noop)}
+
+        notebook = nbformat.read(ROOT / "notebook" / "template.ipynb", as_version=4)
+        [train] = [c for c in notebook.cells if "train" in c.metadata.get("tags", [])]
+        to_round, to_done = [], []
+        for n in range(runs):
+            train.source += f"\n# edit {n}\n"  # code only: no image may be rebuilt
+            edited = work / "notebooks" / "template.ipynb"
+            edited.parent.mkdir(exist_ok=True)
+            nbformat.write(notebook, edited)
+            name = f"edit-{n}"
+            started = time.time()
+            with console.status(f"notebook edit -> run {n + 1}/{runs}"):
+                _, out = playbook("playbooks/run.yml", {**extra, "nbfed_notebook": str(edited), "run_name": name})
+            rounds = json.loads((aggregator_results / name / "rounds.json").read_text())
+            to_round.append(first_event(aggregator_results / name, "round_started") - started)
+            to_done.append(to_round[-1] + rounds[0]["duration_s"])
+            assert "images : Build the images (cached by content)" in out and "changed: [localhost]" not in \
+                out.split("TASK [images : Build the images (cached by content)]", 1)[1].split("TASK [", 1)[0]
+        measured["notebook edit to training"] = {"round 1 sent to every site": summary(to_round),
+                                                 "round 1 done": summary(to_done)}
+    finally:
+        if not args.keep:
+            playbook("playbooks/teardown.yml", {**extra, "teardown_purge": True, "teardown_purge_confirmed": True})
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"machine": machine(), "runs": runs, "smoke": args.smoke, "results": measured}, indent=2) + "\n")
+    table = Table("measure", "median s", "range s", title=f"inventory/local, {runs} run(s) each")
+    for what, values in measured.items():
+        for key, value in values.items():
+            if key != "stages":
+                table.add_row(f"{what}: {key}", f"{value['median']:.1f}", f"{value['min']:.1f}-{value['max']:.1f}")
+    stage_table = Table("stage (warm deploy)", "median s", title="deploy.yml stages")
+    for stage, value in measured["warm deploy"]["stages"].items():
+        stage_table.add_row(stage, f"{value['median']:.1f}")
+    console.print(table, stage_table)
+    console.print(f"results in {args.out}")
+
+
+if __name__ == "__main__":
+    main()
