@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 DEPLOYMENT = "bench"
 # profile_tasks prints, after each TASK/PLAY header, the time and the elapsed total so far.
-ELAPSED = re.compile(r"^\w+ \d+ \w+ \d{4}\s+[\d:]+ \+0000 \([\d:.]+\)\s+(\d+):(\d\d):(\d\d\.\d+) \*+$")
+ELAPSED = re.compile(r"^\w+ \d+ \w+ \d{4}\s+[\d:]+ \+0000 \([\d:.]+\)\s+(\d+):(\d\d):(\d\d\.\d+) \*+\s*$")
 console = Console()
 
 

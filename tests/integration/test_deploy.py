@@ -9,6 +9,7 @@ file order and share that one deployment.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 from pathlib import Path
@@ -125,3 +126,15 @@ def test_teardown_then_deploy_keeps_results_state_and_keys(deployment, first_dep
     assert tree(deployment.control / "pki") == pki
     assert tree(deployment.results) == results
     assert len(deployment.containers()) == 2 + len(SITES)
+
+
+def test_the_deploy_benchmark_reads_the_stages_of_a_real_deploy(deployment, first_deploy) -> None:
+    """bench/deploy.py times stages from profile_tasks' lines: keep it reading real output."""
+    spec = importlib.util.spec_from_file_location("bench_deploy", ROOT / "bench" / "deploy.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    total = bench.timeline(first_deploy.output)[-1][1]
+    stages = bench.stages(first_deploy.output, total)
+    assert list(stages)[:3] == ["Preflight", "Build", "PKI"] and list(stages)[-1] == "Run", stages
+    assert abs(sum(stages.values()) - total) < 1 and all(t >= 0 for t in stages.values()), stages
+    assert 0 < bench.until(first_deploy.output, "TASK [run : Submit run") < total
