@@ -37,24 +37,28 @@ def _strategy(config: dict, context: Context):
 
 
 def _bound_quorum_wait(strategy, grid: Grid, timeout: float) -> None:
-    """Flower waits for `min_available_nodes` forever; give up after `timeout` with the reason."""
+    """Flower waits for `min_available_nodes` forever before each phase of a round; give up
+    after `timeout` with the reason."""
     needed = int(getattr(strategy, "min_available_nodes", 1))
-    configure_train = strategy.configure_train
 
-    def configure_train_with_quorum(server_round, *args, **kwargs):
-        deadline = time.monotonic() + timeout
-        while len(online := list(grid.get_node_ids())) < needed:
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"round {server_round} cannot start: {len(online)} site(s) online, the participation "
-                    f"policy needs {needed} (nbfed_min_sites) and {timeout:.0f} s (nbfed_round_timeout) passed. "
-                    "Bring the missing sites back (ansible-playbook playbooks/status.yml lists them) or lower "
-                    "nbfed_min_sites, then resume the run"
-                )
-            time.sleep(1)
-        return configure_train(server_round, *args, **kwargs)
+    def bounded(configure, phase: str):
+        def configure_with_quorum(server_round, *args, **kwargs):
+            deadline = time.monotonic() + timeout
+            while len(online := list(grid.get_node_ids())) < needed:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"round {server_round} cannot {phase}: {len(online)} site(s) online, the participation "
+                        f"policy needs {needed} (nbfed_min_sites) and {timeout:.0f} s (nbfed_round_timeout) passed. "
+                        "Bring the missing sites back (ansible-playbook playbooks/status.yml lists them) or lower "
+                        "nbfed_min_sites, then resume the run"
+                    )
+                time.sleep(1)
+            return configure(server_round, *args, **kwargs)
 
-    strategy.configure_train = configure_train_with_quorum
+        return configure_with_quorum
+
+    strategy.configure_train = bounded(strategy.configure_train, "start")
+    strategy.configure_evaluate = bounded(strategy.configure_evaluate, "evaluate")
 
 
 def _poll_replies_fast(grid: Grid, interval: float = 0.1) -> None:
