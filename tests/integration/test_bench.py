@@ -1,0 +1,22 @@
+"""Smoke runs of the benchmarks in bench/: they keep working; they measure nothing here."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+pytestmark = [pytest.mark.docker]
+
+
+def test_images_benchmark_reports_every_image_and_a_build_that_built_nothing(built_images, base_image, tmp_path) -> None:
+    out = tmp_path / "images.json"
+    subprocess.run([sys.executable, str(ROOT / "bench" / "images.py"), "--smoke", "--base-image", base_image, "--out", str(out)],
+                   check=True, capture_output=True, text=True, timeout=600)
+    results = json.loads(out.read_text())
+    assert set(results["sizes_bytes"]) == {image.ref for image in built_images.values()}
+    assert all(size > 50_000_000 for size in results["sizes_bytes"].values())
+    assert results["builds_s"]["warm build"]["median"] > 0
