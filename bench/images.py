@@ -5,8 +5,9 @@
 
 For the template notebook's requirements, --runs times each:
 
-  cold      the nbfed images removed (with their intermediate layers), the base image and the
-            wheelhouse (build/) kept: every image step runs again
+  cold      the nbfed images removed (every tag, with their dangling layers), the base image
+            and the wheelhouse (build/) kept: every image step runs again, on an engine that
+            holds no older nbfed build (their layers would be reused)
   warm      nothing changed: nothing may be built
   code edit a code-only edit of the notebook: nothing may be built (images carry
             requirements, never code)
@@ -80,7 +81,12 @@ def main() -> None:
             sys.exit(f"{', '.join(busy)} in use by a running container: tear the deployment down first")
         cold = []
         for n in range(args.runs):
-            docker("rmi", *refs)
+            # Every tag of each image (a registry tag too), then the dangling layers: a cold
+            # build must not find them. Older builds' images still cache shared steps: run
+            # this on an engine without them (`docker image prune -a`) for a true cold build.
+            ids = {docker("image", "inspect", "--format", "{{.Id}}", ref).stdout.strip() for ref in refs}
+            docker("rmi", "--force", *ids)
+            docker("image", "prune", "--force")
             with console.status(f"cold build {n + 1}/{args.runs}"):
                 took, result = build(TEMPLATE, flavours, args.base_image)
             assert sorted(result["built"]) == sorted(refs), result
