@@ -9,9 +9,8 @@ import sys
 import pytest
 from conftest import ROOT
 
-pytestmark = [pytest.mark.docker]
 
-
+@pytest.mark.docker
 def test_images_benchmark_reports_every_image_and_a_build_that_built_nothing(built_images, base_image, tmp_path) -> None:
     out = tmp_path / "images.json"
     subprocess.run([sys.executable, str(ROOT / "bench" / "images.py"), "--smoke", "--base-image", base_image, "--out", str(out)],
@@ -20,3 +19,17 @@ def test_images_benchmark_reports_every_image_and_a_build_that_built_nothing(bui
     assert set(results["sizes_bytes"]) == {image.ref for image in built_images.values()}
     assert all(size > 50_000_000 for size in results["sizes_bytes"].values())
     assert results["builds_s"]["warm build"]["median"] > 0
+
+
+@pytest.mark.slow
+def test_round_overhead_benchmark_times_nbfed_rounds(tmp_path) -> None:
+    """Local processes only (no Docker); raw Flower runs too where its anchor directory exists."""
+    out = tmp_path / "round_overhead.json"
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "round_overhead.py"), "--smoke", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    results = json.loads(out.read_text())
+    nbfed = [run for run in results["runs"] if run["app"] == "nbfed"]
+    assert nbfed and all(seconds > 0 for run in nbfed for seconds in run["rounds_s"])
+    assert all(row["round_1_s"]["median"] > 0 for row in results["summary"])
+    assert out.with_suffix(".md").is_file()
