@@ -5,7 +5,7 @@
     DIR/<package>/task.py           the exported cells, in notebook order
     DIR/<package>/client_app.py     train/evaluate at a site        (from nbfed/flower_app)
     DIR/<package>/server_app.py     strategy, rounds, results       (from nbfed/flower_app)
-    DIR/<package>/recorder.py, settings.py, metrics.py              (glue, copied verbatim)
+    DIR/<package>/fedavg.py, recorder.py, settings.py, metrics.py   (glue, copied verbatim)
 
 The output depends only on the notebook's bytes, so converting twice is byte-identical.
 """
@@ -28,7 +28,7 @@ from nbfed.contract import DEFAULT_REQUIREMENTS, FLWR_REQUIREMENT, TOOLKIT_KEY
 from nbfed.notebook import Notebook, read_notebook
 
 PACKAGE_DIR = Path(__file__).parent
-GLUE = ("client_app.py", "server_app.py", "recorder.py", "settings.py")
+GLUE = ("client_app.py", "server_app.py", "fedavg.py", "recorder.py", "settings.py")
 # The toolkit's own run-config keys, overridable per run (`nbfed.min-sites=3`).
 TOOLKIT_DEFAULTS: dict[str, Any] = {
     "results-dir": "",  # empty: $NBFED_RESULTS_ROOT/run-<id> on the aggregator

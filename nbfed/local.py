@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -61,13 +62,16 @@ def wait_for_port(port: int, proc: subprocess.Popen, log: Path, timeout: float =
 
 @dataclass
 class LocalFederation:
-    """SuperLink + SuperNodes as child processes, each in its own process group."""
+    """SuperLink + SuperNodes as child processes, each in its own process group. The SuperNodes
+    are nbfed's (warm ClientApps, short polls: nbfed/warm_supernode.py), as in the site image,
+    unless `warm` is False: Flower's own, for a baseline."""
 
     sites: dict[str, Path]
     logs: Path
     flwr_home: Path
     port: int = field(default_factory=free_port)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    warm: bool = True
 
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
         env = {**os.environ, "FLWR_HOME": str(self.flwr_home), "PYTHONUNBUFFERED": "1",
@@ -86,8 +90,9 @@ class LocalFederation:
         wait_for_port(self.port, superlink, self.logs / "superlink.log")
         for site, data in self.sites.items():
             node_config = f"site={toml_value(site)} data-dir={toml_value(str(data))}"
+            supernode = [sys.executable, "-m", "nbfed.warm_supernode"] if self.warm else [str(BIN / "flower-supernode")]
             self._spawn(f"supernode-{site}", [
-                str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{self.port}",
+                *supernode, "--insecure", "--superlink", f"127.0.0.1:{self.port}",
                 "--port", str(free_port()), "--node-config", node_config,
             ])
         return SuperLinkClient(f"127.0.0.1:{self.port}", self.flwr_home / "cli")

@@ -138,13 +138,12 @@ class Recorder:
 
         def on_aggregate_train(server_round, replies):
             server_round += self.offset
-            replies = list(replies)
-            self._collect("train", replies)
-            if not any(not msg.has_error() for msg in replies):
+            result = aggregate_train(server_round, self._tap("train", replies, strategy))
+            if not self._current["train"]:
                 # fail fast: without one model there is nothing to average
                 why = "; ".join(f"{site}: {reason}" for site, reason in {**self._current["errors"], **self._current["missing"]}.items())
                 raise RuntimeError(f"round {server_round}: no site returned a model ({why or 'no site was asked'})")
-            return aggregate_train(server_round, replies)
+            return result
 
         def on_configure_evaluate(server_round, *args, **kwargs):
             # A site that did not answer this round's training is presumed gone: asking it to
@@ -156,9 +155,7 @@ class Recorder:
             return messages
 
         def on_aggregate_evaluate(server_round, replies):
-            replies = list(replies)
-            self._collect("evaluate", replies)
-            return aggregate_evaluate(server_round + self.offset, replies)
+            return aggregate_evaluate(server_round + self.offset, self._tap("evaluate", replies, strategy))
 
         strategy.configure_train, strategy.aggregate_train = on_configure_train, on_aggregate_train
         strategy.configure_evaluate, strategy.aggregate_evaluate = on_configure_evaluate, on_aggregate_evaluate
@@ -167,24 +164,36 @@ class Recorder:
         """The site a node id belongs to, once it has answered; `node-<id>` before."""
         return next((site for site, node in self.run["sites"].items() if node == node_id), f"node-{node_id}")
 
-    def _collect(self, phase: str, replies: Iterable[Message]) -> None:
-        # (A reply SuperLink makes for a node, "Node Unavailable", comes from SuperLink's own
-        # node id: the message it answers names the node.)
+    def _tap(self, phase: str, replies: Iterable[Message], strategy) -> Iterable[Message]:
+        """The replies as the strategy gets them, each recorded on its way: one at a time to a
+        strategy that folds them (StreamingFedAvg), else all of them at once."""
+        answered = self._current["answered"].setdefault(phase, set())
         asked = {m.metadata.message_id: m.metadata.dst_node_id for m in self._current["asked"].get(phase, [])}
-        answered = set()
-        for msg in replies:
+
+        def record(msg: Message) -> None:
+            # (A reply SuperLink makes for a node, "Node Unavailable", comes from SuperLink's own
+            # node id: the message it answers names the node.)
             node_id = asked.get(msg.metadata.reply_to_message_id, msg.metadata.src_node_id)
             answered.add(node_id)
             if msg.has_error():
                 self._current["errors"].setdefault(self._name(node_id), f"{phase}: {msg.error.reason.strip().splitlines()[-1]}")
-                continue
+                return
             site = str(msg.content["site"]["name"]) if "site" in msg.content else f"node-{node_id}"
             if self.run["sites"].get(site) != node_id:
                 self.run["sites"] = dict(sorted({**self.run["sites"], site: node_id}.items()))
             self._current[phase][site] = {k: v for k, v in msg.content["metrics"].items()}
-        self._current["answered"][phase] = answered
-        for node_id in set(asked.values()) - answered:
-            self._current["missing"].setdefault(self._name(node_id), f"{phase}: no reply within the round timeout")
+
+        def tapped():
+            for msg in replies:
+                record(msg)
+                yield msg
+                del msg  # before the next reply is pulled
+            for node_id in set(asked.values()) - answered:
+                self._current["missing"].setdefault(self._name(node_id), f"{phase}: no reply within the round timeout")
+
+        if getattr(strategy, "folds_replies", False):
+            return tapped()
+        return list(tapped())
 
     def end_of_round(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         """Strategy `evaluate_fn`: called with the new global model after each round."""

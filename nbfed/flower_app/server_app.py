@@ -1,4 +1,5 @@
-"""ServerApp: the notebook's model and strategy (FedAvg unless the notebook builds one).
+"""ServerApp: the notebook's model and strategy (FedAvg, folding replies as they arrive, unless
+the notebook builds one).
 
 The participation policy comes from the run config (`nbfed.min-sites`, `nbfed.fraction-train`,
 `nbfed.round-timeout`). With `nbfed.resume = true` the run continues the one in its results
@@ -14,9 +15,9 @@ from pathlib import Path
 import torch
 from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import FedAvg
 
 from . import NOTEBOOK, NOTEBOOK_SHA256, task
+from .fedavg import StreamingFedAvg
 from .recorder import Recorder
 from .settings import notebook_config, toolkit
 
@@ -27,7 +28,7 @@ def _strategy(config: dict, context: Context):
     if hasattr(task, "build_strategy"):
         return task.build_strategy(config)
     min_sites = toolkit(context, "min-sites", 2)
-    return FedAvg(
+    return StreamingFedAvg(
         fraction_train=toolkit(context, "fraction-train", 1.0),
         fraction_evaluate=1.0,
         min_train_nodes=min_sites,
@@ -61,23 +62,30 @@ def _bound_quorum_wait(strategy, grid: Grid, timeout: float) -> None:
     strategy.configure_evaluate = bounded(strategy.configure_evaluate, "evaluate")
 
 
-def _poll_replies_fast(grid: Grid, interval: float = 0.1) -> None:
-    """Flower's `send_and_receive` sleeps 3 s between pulls, twice a round; pull every
-    `interval` instead (the same push and pull calls, same timeout semantics)."""
+def _stream_replies(grid: Grid, interval: float = 0.1) -> None:
+    """Flower's `send_and_receive` pulls every 3 s and returns a round's replies all at once.
+    Push the same way, then hand each reply over as soon as it is in, pulling every `interval`
+    one message at a time, so that an aggregation that folds them (StreamingFedAvg) holds one
+    reply at a time. Same timeout semantics."""
 
     def send_and_receive(messages, *, timeout: float | None = None):
-        pending = {message_id for message_id in grid.push_messages(messages) if message_id}
+        pending = [message_id for message_id in grid.push_messages(messages) if message_id]
         deadline = time.monotonic() + (timeout or 0.0)
-        replies = []
-        while pending:
-            pulled = list(grid.pull_messages(pending))
-            replies += pulled
-            pending -= {msg.metadata.reply_to_message_id for msg in pulled}
-            if timeout is not None and time.monotonic() >= deadline:
-                break
-            if pending:
-                time.sleep(interval)
-        return replies
+
+        def replies():
+            while pending:
+                for message_id in list(pending):
+                    pulled = list(grid.pull_messages([message_id]))
+                    if pulled:
+                        pending.remove(message_id)
+                    while pulled:
+                        yield pulled.pop()  # (no reference kept here once it is handed over)
+                if timeout is not None and time.monotonic() >= deadline:
+                    return
+                if pending:
+                    time.sleep(interval)
+
+        return replies()
 
     grid.send_and_receive = send_and_receive
 
@@ -113,7 +121,7 @@ def main(grid: Grid, context: Context) -> None:
         arrays = ArrayRecord(task.build_model(config).state_dict())
     try:
         strategy = _strategy(config, context)
-        _poll_replies_fast(grid)
+        _stream_replies(grid)
         _bound_quorum_wait(strategy, grid, timeout)
         recorder.instrument(strategy)
         if num_rounds > recorder.offset:

@@ -70,11 +70,19 @@ def test_baselines_table_has_sites_and_federation(federation):
     assert "Federation" in stdout and "Site A" in stdout
 
 
+def test_clientapps_were_forked_from_a_warm_zygote(federation):
+    results, _ = federation
+    for site in ("site-a", "site-b", "site-c"):
+        log = (results / "logs" / f"supernode-{site}.log").read_text()
+        assert "ClientApp zygote ready" in log and "cold flwr-clientapp" not in log, site
+
+
 def test_processes_are_cleaned_up(federation):
     results, _ = federation
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     # every SuperNode's command line names its data directory, beside the results
     assert str(results.parent / "data") not in ps
+    assert "--zygote" not in ps
 
 
 def test_a_failing_notebook_fails_fast_with_the_sites_reason_and_leaves_no_process(tmp_path):

@@ -1,5 +1,5 @@
 """The generated ServerApp's guards around Flower: a bounded wait for the participation
-policy's sites, and reply polling that does not sleep 3 s. Stand-ins replace the Grid and
+policy's sites, and replies handed over as they arrive (not every 3 s, not all at once). Stand-ins replace the Grid and
 the strategy here (logic only); tests/integration/test_reliability.py runs the real thing."""
 
 from __future__ import annotations
@@ -27,21 +27,23 @@ def server_app(tmp_path_factory):
 
 
 class Grid:
-    """Nodes online, and replies that arrive one pull after another."""
+    """Nodes online, and replies that arrive `delays` seconds after the push (None: never)."""
 
-    def __init__(self, online: int, replies_per_pull: int = 1) -> None:
-        self.online, self.per_pull, self.pulls, self.pending = online, replies_per_pull, 0, []
+    def __init__(self, online: int, delays: tuple[float | None, ...] = ()) -> None:
+        self.online, self.delays, self.ready_at = online, delays, {}
 
     def get_node_ids(self):
         return list(range(self.online))
 
     def push_messages(self, messages):
-        self.pending = [f"m{i}" for i, _ in enumerate(messages)]
-        return list(self.pending)
+        now = time.monotonic()
+        self.ready_at = {f"m{i}": None if d is None else now + d for i, d in zip(range(len(messages)), self.delays)}
+        return list(self.ready_at)
 
     def pull_messages(self, ids):
-        self.pulls += 1
-        ready, self.pending = self.pending[:self.per_pull], self.pending[self.per_pull:]
+        ready = [i for i in ids if self.ready_at.get(i) is not None and self.ready_at[i] <= time.monotonic()]
+        for i in ready:
+            del self.ready_at[i]
         return [SimpleNamespace(metadata=SimpleNamespace(reply_to_message_id=i)) for i in ready]
 
 
@@ -65,18 +67,21 @@ def test_a_round_without_enough_sites_fails_with_the_reason(server_app) -> None:
         s.configure_evaluate(4)
 
 
-def test_replies_are_pulled_as_they_come_not_every_3_s(server_app) -> None:
-    grid = Grid(online=3)
-    server_app._poll_replies_fast(grid)
+def test_replies_are_handed_over_as_they_arrive(server_app) -> None:
+    grid = Grid(online=3, delays=(0.6, 0.05, 0.3))
+    server_app._stream_replies(grid)
     started = time.monotonic()
     replies = grid.send_and_receive(["a", "b", "c"], timeout=10)
-    assert [r.metadata.reply_to_message_id for r in replies] == ["m0", "m1", "m2"]
-    assert grid.pulls == 3 and time.monotonic() - started < 1
+    assert grid.ready_at, "the messages are pushed at once, before any reply is asked for"
+    arrived = [(r.metadata.reply_to_message_id, time.monotonic() - started) for r in replies]
+    assert [m for m, _ in arrived] == ["m1", "m2", "m0"]
+    assert arrived[0][1] < 0.3, "the first reply is handed over before the others are in"
+    assert arrived[-1][1] < 1, "polled every 0.1 s, not every 3 s"
 
 
 def test_a_timeout_returns_the_replies_that_came(server_app) -> None:
-    grid = Grid(online=3, replies_per_pull=0)
-    server_app._poll_replies_fast(grid)
+    grid = Grid(online=3, delays=(0.05, None))
+    server_app._stream_replies(grid)
     started = time.monotonic()
-    assert grid.send_and_receive(["a", "b"], timeout=0.3) == []
+    assert [r.metadata.reply_to_message_id for r in grid.send_and_receive(["a", "b"], timeout=0.3)] == ["m0"]
     assert 0.3 <= time.monotonic() - started < 1

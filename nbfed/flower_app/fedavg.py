@@ -1,0 +1,66 @@
+"""FedAvg that folds each model into the average as its reply arrives.
+
+Flower's FedAvg takes a round's replies as a list and averages them at the end, so the
+ServerApp holds every site's model at once: its memory grows with the number of sites. This
+one keeps a running weighted sum instead and lets each reply go once it is added: the
+global model, the sum and the one reply being added, whatever the number of sites. The
+ServerApp hands replies over one at a time as they are pulled (server_app._stream_replies).
+Same result as Flower's FedAvg (tests/unit/test_fedavg.py); notebooks that build their own
+strategy get theirs, with every reply of a round at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from logging import INFO
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp.exception import InconsistentMessageReplies
+from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy.strategy_utils import validate_message_reply_consistency
+from flwr.supercore import log
+
+
+class StreamingFedAvg(FedAvg):
+    folds_replies = True  # the recorder passes the replies through lazily, not as a list
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        total, sums, dtypes, metrics, failures = 0.0, {}, {}, [], 0
+        for msg in replies:
+            if msg.has_error():
+                failures += 1
+                log(INFO, "\t> Received error in reply from node %d: %s", msg.metadata.src_node_id, msg.error.reason)
+                continue
+            content = msg.content
+            validate_message_reply_consistency([content], self.weighted_by_key, check_arrayrecord=True)
+            arrays = next(iter(content.array_records.values()))
+            metric = next(iter(content.metric_records.values()))
+            if sums and (set(arrays) != set(sums) or set(metric) != set(metrics[0]["metrics"])):
+                raise InconsistentMessageReplies(
+                    reason="All ArrayRecords and MetricRecords must have the same keys for aggregation. "
+                    "This condition wasn't met. Skipping aggregation."
+                )
+            weight = float(metric[self.weighted_by_key])
+            for key, array in arrays.items():
+                value = array.numpy()
+                if key not in sums:
+                    dtypes[key] = value.dtype
+                    sums[key] = np.zeros(value.shape, np.float32 if value.dtype == np.float32 else np.float64)
+                sums[key] += value * weight
+            total += weight
+            metrics.append(RecordDict({"metrics": metric}))
+            del msg, content, arrays  # let this reply go before the next one is pulled
+        log(INFO, "aggregate_train: Received %s results and %s failures", len(metrics), failures)
+        if not metrics:
+            return None, None
+        averaged = {}
+        for key in list(sums):
+            mean = sums.pop(key)
+            mean /= total
+            if dtypes[key].kind in "iub":
+                np.rint(mean, out=mean)
+            averaged[key] = Array(mean.astype(dtypes[key], copy=False))
+        return ArrayRecord(averaged), self.train_metrics_aggr_fn(metrics, self.weighted_by_key)

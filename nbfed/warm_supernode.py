@@ -1,0 +1,165 @@
+#!/usr/bin/env python3
+"""nbfed's SuperNode: Flower's `flower-supernode`, with ClientApps that start warm.
+
+    python -m nbfed.warm_supernode [flower-supernode arguments]     (the site image runs this file)
+
+Flower 1.41's SuperNode starts a new `flwr-clientapp` process for every message, which spends
+about 2 s importing flwr and torch before it reads the message, and it asks SuperLink for work
+every 3 s when idle. On a round that does little work those dominate (docs/benchmarks.md). This
+launcher keeps Flower's SuperNode, SuperExec and ClientApp code and changes how they start:
+
+- a zygote process imports Flower's ClientApp runtime and the heavy libraries once
+  (NBFED_CLIENTAPP_PRELOAD, default "torch numpy"), then forks one child per ClientApp that
+  SuperExec launches. SuperExec finds `flwr-clientapp` on its PATH, which here is this file
+  under that name: it hands its arguments to the zygote and returns; with no zygote it runs
+  Flower's own `flwr-clientapp`, as Flower would.
+- SuperNode's idle and reply polls (3 s and 0.5 s, fixed in Flower) and SuperExec's task poll
+  (1 s, FLWR_SUPEREXEC_TASK_POLL_INTERVAL) become NBFED_POLL_INTERVAL seconds (default 0.25).
+
+This file imports only the standard library and Flower: the site image carries it alone.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ZYGOTE_SOCKET = "NBFED_CLIENTAPP_ZYGOTE"  # env: the zygote's socket, for the flwr-clientapp shim
+FLOWER_CLIENTAPP = "NBFED_FLOWER_CLIENTAPP"  # env: Flower's own flwr-clientapp, the shim's fallback
+TESTED_FLWR = ("1.41.",)  # Flower versions whose SuperNode polling this file knows
+
+
+def log(message: str) -> None:
+    print(f"nbfed-supernode: {message}", file=sys.stderr, flush=True)
+
+
+# -- the flwr-clientapp shim (SuperExec starts it once per message) ---------------------------
+def shim(argv: list[str]) -> None:
+    """Ask the zygote to fork a ClientApp with these arguments; else become Flower's."""
+    path = os.environ.get(ZYGOTE_SOCKET, "")
+    try:
+        with socket.socket(socket.AF_UNIX) as conn:
+            conn.settimeout(60)
+            conn.connect(path)
+            conn.sendall("\0".join(argv).encode())
+            conn.shutdown(socket.SHUT_WR)
+            if conn.recv(64).strip():  # the child's pid: it runs on without us
+                return
+    except OSError as err:
+        log(f"no ClientApp zygote at {path!r} ({err}); starting a cold flwr-clientapp")
+    flower = os.environ.get(FLOWER_CLIENTAPP) or "flwr-clientapp"
+    os.execvp(flower, [flower, *argv])
+
+
+# -- the zygote ---------------------------------------------------------------------------
+def zygote(path: str, owner: int) -> None:
+    """Serve forks of an interpreter that has imported the ClientApp runtime, until `owner` exits.
+    Only imports happen here, never work: no threads exist to be lost in a fork."""
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(path)  # first: a ClientApp asked for meanwhile waits in the backlog
+        listener.listen(64)
+        from flwr.supernode.cli.flwr_clientapp import flwr_clientapp
+
+        for name in os.environ.get("NBFED_CLIENTAPP_PRELOAD", "torch numpy").split():
+            try:
+                __import__(name)
+            except ImportError:
+                pass
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
+        listener.settimeout(1.0)
+        log(f"ClientApp zygote ready (pid {os.getpid()})")
+        while os.getppid() == owner:
+            try:
+                conn, _ = listener.accept()
+            except socket.timeout:
+                continue
+            with conn:
+                conn.settimeout(5.0)
+                request = b"".join(iter(lambda: conn.recv(65536), b""))
+                pid = os.fork()
+                if pid == 0:
+                    listener.close()
+                    conn.close()
+                    _run_clientapp(flwr_clientapp, request.decode().split("\0"))
+                conn.sendall(f"{pid}\n".encode())
+
+
+def _run_clientapp(main, argv: list[str]) -> None:
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    random.seed()  # not the zygote's sequence
+    sys.argv = ["flwr-clientapp", *argv]
+    code = 0
+    try:
+        main()
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    except BaseException:  # noqa: BLE001 (report it as Flower's own process would, then exit)
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(code)
+
+
+# -- the SuperNode ------------------------------------------------------------------------
+def shorten_polls(interval: float) -> None:
+    """SuperNode sleeps between polls with `time.sleep` from its module; give it a shorter one."""
+    from importlib.metadata import version
+
+    from flwr.supernode import start_client_internal as supernode
+
+    if not version("flwr").startswith(TESTED_FLWR) or getattr(supernode, "time", None) is not time:
+        log(f"flwr {version('flwr')}: SuperNode keeps Flower's own poll intervals")
+        return
+
+    class Clock:
+        def __getattr__(self, name):
+            return getattr(time, name)
+
+        @staticmethod
+        def sleep(seconds: float) -> None:
+            time.sleep(min(seconds, interval))
+
+    supernode.time = Clock()
+
+
+def main(argv: list[str]) -> None:
+    interval = float(os.environ.get("NBFED_POLL_INTERVAL", "0.25"))
+    os.environ.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", str(interval))
+    flower = shutil.which("flwr-clientapp")
+    if os.environ.get("NBFED_WARM_CLIENTAPPS", "1") != "0" and flower:
+        here = Path(tempfile.mkdtemp(prefix="nbfed-supernode-"))
+        (here / "bin").mkdir()
+        (here / "bin" / "flwr-clientapp").symlink_to(Path(__file__).resolve())
+        sock = str(here / "zygote.sock")
+        subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--zygote", sock, str(os.getpid())])
+        deadline = time.monotonic() + 10
+        while not os.path.exists(sock) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.environ.update({ZYGOTE_SOCKET: sock, FLOWER_CLIENTAPP: flower,
+                           "PATH": f"{here / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"})
+    shorten_polls(interval)
+    from flwr.supernode.cli.flower_supernode import flower_supernode
+
+    sys.argv = ["flower-supernode", *argv]
+    flower_supernode()
+
+
+if __name__ == "__main__":
+    if Path(sys.argv[0]).name == "flwr-clientapp":
+        shim(sys.argv[1:])
+    elif sys.argv[1:2] == ["--zygote"]:
+        zygote(sys.argv[2], int(sys.argv[3]))
+    else:
+        main(sys.argv[1:])
