@@ -2,7 +2,8 @@
 """Round overhead of nbfed's generated app against raw Flower (issue 7, benchmarks against the paper).
 
     .venv/bin/python bench/round_overhead.py --params 1000000 --nodes 3 --rounds 3 [--runs 3]
-        [--apps raw nbfed nbfed-train] [--out bench/results/round_overhead.json] [--anchor DIR] [--smoke]
+        [--apps raw nbfed nbfed-train ...] [--out bench/results/round_overhead.json] [--anchor DIR] [--smoke]
+    .venv/bin/python bench/round_overhead.py --nodes 1 3 10 30 --apps nbfed-train nbfed-fedavg ...   (scaling)
 
 Every app runs on one harness: nbfed's LocalFederation (SuperLink and one SuperNode per site as
 local processes on loopback, --insecure, free ports), a fresh one for every run, the app submitted
@@ -10,15 +11,20 @@ with `flwr run` by the same client and followed through the events file its Serv
 Each repetition runs every app in turn.
 
   raw         raw Flower: the anchor's app (--anchor, default $NBFED_RAW_FLOWER_ANCHOR or
-              /work/shared/anchors/raw-flower). FedAvg that only trains; its ClientApp adds
-              1e-6 x (partition-id + 1) to every weight. Round: configure_train to the end of
-              aggregate_train, from its events.
-  nbfed       bench/notebooks/overhead.ipynb, converted and run as `nbfed run-local` runs it: the
-              same model and no-op training under nbfed's default FedAvg, which also evaluates at
-              every site each round; the round's checkpoint is saved after it. Round: duration_s
-              in rounds.json (configure_train to the end of evaluation).
-  nbfed-train the same notebook with a strategy cell that drops the evaluation phase, as the
-              anchor does: nbfed's own machinery against raw Flower, like for like.
+              /work/shared/anchors/raw-flower) on Flower's own SuperNodes. FedAvg that only
+              trains; its ClientApp adds 1e-6 x (partition-id + 1) to every weight. Round:
+              configure_train to the end of aggregate_train, from its events.
+  nbfed       bench/notebooks/overhead.ipynb, converted and run as `nbfed run-local` runs it, on
+              nbfed's SuperNodes (nbfed/warm_supernode.py, as in the site image): the same model
+              and no-op training under nbfed's default FedAvg (StreamingFedAvg), which also
+              evaluates at every site each round; the round's checkpoint is saved after it.
+              Round: duration_s in rounds.json (configure_train to the end of evaluation).
+  nbfed-train the same with `nbfed.fraction-evaluate = 0`: training only, as the anchor does.
+  nbfed-train-flower-supernode
+              nbfed-train on Flower's own SuperNodes: what nbfed's ServerApp alone changes.
+  nbfed-fedavg
+              nbfed-train with a strategy cell returning Flower's FedAvg, which holds every
+              reply of a round at once: against nbfed-train, what folding replies saves.
 
 The model is the anchor's: round(P / (w*w + w)) Linear(w, w) layers, w = 1000. Reported per app:
 startup (spawning the processes to the end of round 1), round 1, later rounds (median and range),
@@ -27,6 +33,7 @@ sends the model down and up, nbfed's evaluation sends it down once more) and the
 makes, and peak RSS of the SuperLink tree (SuperLink, SuperExec, ServerApp; the ServerApp alone
 too) and of each SuperNode tree (SuperNode, SuperExec, ClientApps), from /proc every 0.2 s.
 
+--nodes takes several counts (scaling: round time and memory against the number of sites).
 Without the anchor directory only nbfed runs. --smoke: 100 k parameters, 2 nodes, 1 round,
 1 run, raw and nbfed; keeps the script working in CI, measures nothing.
 """
@@ -48,6 +55,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from contextlib import ExitStack
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib.metadata import version
 from pathlib import Path
@@ -65,9 +73,26 @@ from nbfed.superlink import RunFailed, SuperLinkClient
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "bench" / "notebooks" / "overhead.ipynb"
 ANCHOR = Path(os.environ.get("NBFED_RAW_FLOWER_ANCHOR", "/work/shared/anchors/raw-flower"))
-# The apps compared: label, and how many model copies a round sends per node (training: down
-# and up; evaluation: down once more).
-APPS = {"raw": ("raw Flower", 2), "nbfed": ("nbfed", 3), "nbfed-train": ("nbfed, train only", 2)}
+TRAIN_ONLY = {"nbfed.fraction-evaluate": 0.0}
+
+
+@dataclass(frozen=True)
+class BenchApp:
+    label: str
+    transfers: int  # model copies a round sends per node: training down and up, evaluation down
+    warm: bool  # nbfed's SuperNodes (warm ClientApps, short polls), else Flower's own
+    overrides: dict = field(default_factory=dict)
+    flower_fedavg: bool = False  # a strategy cell returning Flower's FedAvg
+
+
+APPS = {
+    "raw": BenchApp("raw Flower", 2, warm=False),
+    "nbfed": BenchApp("nbfed", 3, warm=True),
+    "nbfed-train": BenchApp("nbfed, train only", 2, warm=True, overrides=TRAIN_ONLY),
+    "nbfed-train-flower-supernode": BenchApp("nbfed, train only, Flower's SuperNode", 2, warm=False, overrides=TRAIN_ONLY),
+    "nbfed-fedavg": BenchApp("nbfed, train only, Flower's FedAvg", 2, warm=True, overrides=TRAIN_ONLY, flower_fedavg=True),
+}
+DEFAULT_APPS = ["raw", "nbfed", "nbfed-train", "nbfed-train-flower-supernode"]
 MIN_AVAILABLE_KIB = 1_500_000  # stop a run before the host runs out of memory, as the anchor does
 QUIET_S = 30  # ask SuperLink about a run only when its events file stays quiet this long
 console = Console(width=None if sys.stdout.isatty() else 200)  # a log gets the whole table
@@ -143,7 +168,8 @@ class ProcessWatch(threading.Thread):
                     command = cmdline(pid)
                     if b"flwr-serverapp" in command:
                         self.serverapp_kib = max(self.serverapp_kib, table[pid][1])
-                    elif b"flwr-clientapp" in command:
+                    elif b"flwr-clientapp" in command or (b"--zygote" in command and b"--zygote" in cmdline(table[pid][0])):
+                        # Flower's own ClientApp process, or one nbfed's zygote forked
                         self.clientapps.setdefault(pid, [now, now])[1] = now
             meminfo = Path("/proc/meminfo").read_text().splitlines()
             available = next(int(line.split()[1]) for line in meminfo if line.startswith("MemAvailable:"))
@@ -203,14 +229,14 @@ def wait_until(finished: Callable[[list[dict]], bool], events: Path, fed: LocalF
     return lines
 
 
-def run_raw(client: SuperLinkClient, fed: LocalFederation, watch: ProcessWatch, work: Path, args) -> list[tuple[float, float]]:
+def run_raw(client: SuperLinkClient, fed: LocalFederation, watch: ProcessWatch, work: Path, args, nodes: int) -> list[tuple[float, float]]:
     """Run the anchor's app to the end; (start, end) of every round."""
     app = shutil.copytree(args.anchor / "app", work / "app", ignore=shutil.ignore_patterns("__pycache__"))
     for path in [app, *app.rglob("*")]:  # the anchor's files are read-only; these are ours to delete
         path.chmod(path.stat().st_mode | 0o200)
     events = work / "events.jsonl"
     settings = {"num-server-rounds": args.rounds, "num-params": args.params, "layer-width": args.width,
-                "num-nodes": args.nodes, "out-file": str(events)}
+                "num-nodes": nodes, "out-file": str(events)}
     overrides = work / "overrides.toml"
     overrides.write_text("".join(f'"{key}" = {toml_value(value)}\n' for key, value in settings.items()))
     run_id = client.submit(app, overrides)
@@ -222,9 +248,9 @@ def run_raw(client: SuperLinkClient, fed: LocalFederation, watch: ProcessWatch, 
     return [(times[r]["cfg_start"], times[r]["agg_end"]) for r in sorted(times)]
 
 
-def train_only(work: Path, nodes: int) -> Path:
-    """The bench notebook plus a strategy cell: nbfed's default FedAvg without its evaluation
-    phase, as the anchor runs it (what is left to compare is nbfed's own machinery)."""
+def with_flower_fedavg(work: Path, nodes: int) -> Path:
+    """The bench notebook plus a strategy cell returning Flower's own FedAvg (every reply of a
+    round held at once), training only."""
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     cell = nbformat.v4.new_code_cell(
         "def build_strategy(config: dict):\n"
@@ -238,11 +264,12 @@ def train_only(work: Path, nodes: int) -> Path:
     return work / NOTEBOOK.name
 
 
-def run_nbfed(client: SuperLinkClient, fed: LocalFederation, watch: ProcessWatch, work: Path, args,
-              notebook: Path = NOTEBOOK) -> list[tuple[float, float]]:
+def run_nbfed(client: SuperLinkClient, fed: LocalFederation, watch: ProcessWatch, work: Path, args, nodes: int,
+              app: BenchApp) -> list[tuple[float, float]]:
     """Convert a bench notebook and run it to the end as `nbfed run-local` does; (start, end) of every round."""
+    notebook = with_flower_fedavg(work, nodes) if app.flower_fedavg else NOTEBOOK
     run = prepare_run(notebook, work / "results", {"num_rounds": args.rounds, "num_params": args.params,
-                                                   "layer_width": args.width, "nbfed.min-sites": args.nodes})
+                                                   "layer_width": args.width, "nbfed.min-sites": nodes, **app.overrides})
     run_id = client.submit(run.app_dir, run.overrides)
 
     def finished(lines: list[dict]) -> bool:
@@ -255,10 +282,10 @@ def run_nbfed(client: SuperLinkClient, fed: LocalFederation, watch: ProcessWatch
     return [(started[r["round"]], started[r["round"]] + r["duration_s"]) for r in json.loads((run.results / "rounds.json").read_text())]
 
 
-def run_once(app: str, work: Path, args) -> dict:
+def run_once(app: str, nodes: int, work: Path, args) -> dict:
     """A fresh federation, one run of `app` on it, its round times, peak memory and ClientApp processes."""
-    sites = make_sites(work / "data", args.nodes)
-    fed = BenchFederation(sites=sites, logs=work / "logs", flwr_home=work / "flwr")
+    sites = make_sites(work / "data", nodes)
+    fed = BenchFederation(sites=sites, logs=work / "logs", flwr_home=work / "flwr", warm=APPS[app].warm)
     with ExitStack() as stack:
         stack.callback(fed.stop)
         t0 = time.time()
@@ -268,13 +295,13 @@ def run_once(app: str, work: Path, args) -> dict:
         stack.callback(watch.join)
         stack.callback(watch.done.set)
         if app == "raw":
-            rounds = run_raw(client, fed, watch, work, args)
+            rounds = run_raw(client, fed, watch, work, args, nodes)
         else:
-            notebook = train_only(work, args.nodes) if app == "nbfed-train" else NOTEBOOK
-            rounds = run_nbfed(client, fed, watch, work, args, notebook)
+            rounds = run_nbfed(client, fed, watch, work, args, nodes, APPS[app])
     kib = watch.peak_kib
     return {
         "app": app,
+        "nodes": nodes,
         "startup_s": round(rounds[0][1] - t0, 3),
         "rounds_s": [round(end - start, 3) for start, end in rounds],
         "between_rounds_s": [round(start - end, 3) for (_, end), (start, _) in zip(rounds, rounds[1:])],
@@ -290,15 +317,16 @@ def spread(values: list[float]) -> dict | None:
     return {"median": round(statistics.median(values), 3), "min": min(values), "max": max(values), "n": len(values)} if values else None
 
 
-def summarize(app: str, runs: list[dict], args) -> dict:
+def summarize(app: str, nodes: int, runs: list[dict], args) -> dict:
     later = [s for run in runs for s in run["rounds_s"][1:]]
     round_1 = spread([run["rounds_s"][0] for run in runs])
     typical = (spread(later) or round_1)["median"]  # later rounds; round 1 when there is no other
-    label, transfers = APPS[app]
-    moved = transfers * 4 * num_params(args.params, args.width) * args.nodes
+    label, transfers = APPS[app].label, APPS[app].transfers
+    moved = transfers * 4 * num_params(args.params, args.width) * nodes
     return {
         "app": label,
         "key": app,
+        "nodes": nodes,
         "runs": len(runs),
         "startup_s": spread([run["startup_s"] for run in runs]),
         "round_1_s": round_1,
@@ -321,14 +349,14 @@ def table(summaries: list[dict], args, markdown: bool = False) -> Table:
             return "-"
         return f"{value['median']:.2f} ({value['min']:.2f}-{value['max']:.2f})" if ranged and value["n"] > 1 else f"{value['median']:.2f}"
 
-    title = None if markdown else (f"{num_params(args.params, args.width):,} parameters, {args.nodes} nodes, "
+    title = None if markdown else (f"{num_params(args.params, args.width):,} parameters, "
                                    f"{args.rounds} rounds x {args.runs} runs")
-    out = Table("app", "startup s", "round 1 s", "rounds 2+ s", "between s", "ClientApp s", "MB/round", "MB/s",
+    out = Table("app", "nodes", "startup s", "round 1 s", "rounds 2+ s", "between s", "ClientApp s", "MB/round", "MB/s",
                 "SuperLink MiB (ServerApp)", "SuperNode MiB (max)",
                 title=title, box=box.MARKDOWN if markdown else box.HEAVY_HEAD)
     for row in summaries:
         node = row["peak_supernode_tree_mib"]
-        out.add_row(row["app"], s(row["startup_s"], False), s(row["round_1_s"]), s(row["later_rounds_s"]),
+        out.add_row(row["app"], str(row["nodes"]), s(row["startup_s"], False), s(row["round_1_s"]), s(row["later_rounds_s"]),
                     s(row["between_rounds_s"], False), s(row["clientapp_s"], False),
                     f"{row['bytes_per_round'] / 1e6:.1f}", f"{row['throughput_mb_s']:.1f}",
                     f"{row['peak_superlink_tree_mib']:.0f} ({row['peak_serverapp_mib']:.0f})",
@@ -343,21 +371,23 @@ def write_markdown(path: Path, results: dict, summaries: list[dict], args) -> No
     path.write_text("\n".join([
         "# Round overhead: nbfed against raw Flower",
         "",
-        f"`{results['command']}` on {m['date']}: {num_params(args.params, args.width):,} parameters, {args.nodes} nodes, "
+        f"`{results['command']}` on {m['date']}: {num_params(args.params, args.width):,} parameters, "
         f"{args.rounds} rounds, {args.runs} run(s) per app, every process on one machine over loopback "
         f"({m['cpus']} CPUs, {m['cpu']}, {m['memory_mib']} MiB, load average {m['load_average'][0]} at the start; "
         f"Python {m['python']}, flwr {m['flwr']}, torch {m['torch']}).",
         "",
         "\n".join(line.rstrip() for line in rendered.getvalue().strip("\n").splitlines() if line.strip()),
         "",
-        "- Raw Flower's round is training only, and so is `nbfed, train only` (the bench notebook with a strategy",
-        "  cell); nbfed's default FedAvg also evaluates at every site each round, so its round moves the model",
-        "  3 times per node instead of 2 (MB/round: 10^6 bytes of float32 weights).",
+        "- Raw Flower's round is training only, and so is every `train only` row (`nbfed.fraction-evaluate = 0`);",
+        "  nbfed's default also evaluates at every site each round, so its round moves the model 3 times per node",
+        "  instead of 2 (MB/round: 10^6 bytes of float32 weights). Raw Flower and `Flower's SuperNode` rows run",
+        "  Flower's own SuperNodes; the others nbfed's (warm ClientApps, short polls). `Flower's FedAvg`: a strategy",
+        "  cell with Flower's FedAvg, which holds every reply at once; nbfed's folds each in as it arrives.",
         "- startup: processes spawned to round 1 done (SuperLink and SuperNodes starting, `flwr run`, the ServerApp).",
         "- round 1, rounds 2+: median (range) over runs, and over the later rounds of every run; MB/s uses rounds 2+.",
         "- between: median end of one round to the start of the next (nbfed saves its checkpoint there).",
-        "- ClientApp: median lifetime of a `flwr-clientapp` process, which the SuperNode starts for every message",
-        "  (spawn, imports, the app's work, the reply; seen every 0.2 s).",
+        "- ClientApp: median lifetime of a ClientApp process, one per message: Flower's SuperNode starts",
+        "  `flwr-clientapp` (spawn, imports), nbfed's forks a warm one; then the app's work and the reply (seen every 0.2 s).",
         "- Peak RSS summed over each process tree: SuperLink with SuperExec and the ServerApp (the ServerApp alone",
         "  in brackets); each SuperNode with SuperExec and its ClientApps (median and max over nodes and runs).",
         f"- Every run is in `{path.with_suffix('.json').name}`.",
@@ -369,22 +399,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--params", type=int, default=1_000_000, help="model parameters (rounded to whole layers)")
     parser.add_argument("--width", type=int, default=1000, help="the layers are Linear(width, width)")
-    parser.add_argument("--nodes", type=int, default=3)
+    parser.add_argument("--nodes", type=int, nargs="+", default=[3], help="sites; several counts for scaling")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--runs", type=int, default=3, help="repetitions of each app, each on fresh processes")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "round_overhead.json")
-    parser.add_argument("--apps", nargs="+", choices=list(APPS), help="default: all; with --smoke: raw nbfed")
+    parser.add_argument("--apps", nargs="+", choices=list(APPS), help=f"default: {' '.join(DEFAULT_APPS)}; with --smoke: raw nbfed")
     parser.add_argument("--anchor", type=Path, default=ANCHOR, help="the raw-Flower anchor (its app/ is run)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds one run may take")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (every process's log)")
     parser.add_argument("--smoke", action="store_true", help="100 k parameters, 2 nodes, 1 round, 1 run")
     args = parser.parse_args()
     if args.smoke:
-        args.params, args.width, args.nodes, args.rounds, args.runs = 100_000, 100, 2, 1, 1
+        args.params, args.width, args.nodes, args.rounds, args.runs = 100_000, 100, [2], 1, 1
     # SIGTERM (a CI timeout) must stop the federation too: SystemExit unwinds like Ctrl-C does
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("terminated"))
 
-    apps = args.apps or (["raw", "nbfed"] if args.smoke else list(APPS))
+    apps = args.apps or (["raw", "nbfed"] if args.smoke else list(DEFAULT_APPS))
     if "raw" in apps and not (args.anchor / "app" / "pyproject.toml").is_file():
         console.print(f"[yellow]no raw-Flower anchor at {args.anchor} (--anchor or NBFED_RAW_FLOWER_ANCHOR): nbfed only[/yellow]")
         apps.remove("raw")
@@ -396,20 +426,22 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="nbfed-round-overhead-"))
     try:
         for k in range(1, args.runs + 1):
-            for app in apps:  # interleaved, so drift in the machine's load touches every app alike
-                label = APPS[app][0]
-                with console.status(f"{label}, run {k}/{args.runs}"):
-                    run = {"run": k, **run_once(app, work / f"{app}-{k}", args)}
-                results["runs"].append(run)
-                console.print(f"{label}, run {k}/{args.runs}: startup {run['startup_s']:.1f} s, rounds "
-                              f"{', '.join(f'{s:.2f}' for s in run['rounds_s'])} s")
+            for nodes in args.nodes:
+                for app in apps:  # interleaved, so drift in the machine's load touches every app alike
+                    label = f"{APPS[app].label}, {nodes} nodes, run {k}/{args.runs}"
+                    with console.status(label):
+                        run = {"run": k, **run_once(app, nodes, work / f"{app}-{nodes}-{k}", args)}
+                    results["runs"].append(run)
+                    console.print(f"{label}: startup {run['startup_s']:.1f} s, rounds "
+                                  f"{', '.join(f'{s:.2f}' for s in run['rounds_s'])} s")
     except BaseException:
         console.print(f"[red]stopped; every process's log is under {work}[/red]")
         raise
     if not args.keep:
         shutil.rmtree(work)
 
-    summaries = [summarize(app, [r for r in results["runs"] if r["app"] == app], args) for app in apps]
+    summaries = [summarize(app, nodes, [r for r in results["runs"] if r["app"] == app and r["nodes"] == nodes], args)
+                 for nodes in args.nodes for app in apps]
     results["summary"] = summaries
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")

@@ -74,7 +74,7 @@ class LocalFederation:
     warm: bool = True
 
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
-        env = {**os.environ, "FLWR_HOME": str(self.flwr_home), "PYTHONUNBUFFERED": "1",
+        env = {"FLWR_TELEMETRY_ENABLED": "0", **os.environ, "FLWR_HOME": str(self.flwr_home), "PYTHONUNBUFFERED": "1",
                "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
         with open(self.logs / f"{name}.log", "w") as log:
             proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)

@@ -50,7 +50,7 @@ class SuperLinkClient:
         )
 
     def flwr(self, *args: str) -> subprocess.CompletedProcess:
-        env = {"FLWR_HOME": str(self.home), "PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(self.home)}
+        env = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_HOME": str(self.home), "PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(self.home)}
         return subprocess.run([str(BIN / "flwr"), *args], env=env, capture_output=True, text=True)
 
     def _json(self, *args: str) -> dict[str, Any]:

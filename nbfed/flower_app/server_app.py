@@ -2,8 +2,8 @@
 the notebook builds one).
 
 The participation policy comes from the run config (`nbfed.min-sites`, `nbfed.fraction-train`,
-`nbfed.round-timeout`). With `nbfed.resume = true` the run continues the one in its results
-directory from its last checkpoint, for the rounds that remain.
+`nbfed.fraction-evaluate`, `nbfed.round-timeout`). With `nbfed.resume = true` the run continues
+the one in its results directory from its last checkpoint, for the rounds that remain.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def _strategy(config: dict, context: Context):
     min_sites = toolkit(context, "min-sites", 2)
     return StreamingFedAvg(
         fraction_train=toolkit(context, "fraction-train", 1.0),
-        fraction_evaluate=1.0,
+        fraction_evaluate=toolkit(context, "fraction-evaluate", 1.0),
         min_train_nodes=min_sites,
         min_evaluate_nodes=min_sites,
         min_available_nodes=min_sites,

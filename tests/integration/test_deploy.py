@@ -58,6 +58,11 @@ def test_deploy_completes_a_federation_and_shows_the_table(deployment, first_dep
     assert f"nbfed-{deployment.name}-aggregator-superlink-1" in names and f"nbfed-{deployment.name}-aggregator-proxy-1" in names
     for site in SITES:
         assert f"nbfed-{deployment.name}-site-{site}-supernode-1" in names, names
+        # every ClientApp was forked warm (nbfed/warm_supernode.py), none started cold
+        logs = subprocess.run(["docker", "logs", f"nbfed-{deployment.name}-site-{site}-supernode-1"],
+                              capture_output=True, text=True)
+        logs = logs.stdout + logs.stderr
+        assert "ClientApp zygote ready" in logs and "cold flwr-clientapp" not in logs, logs[-3000:]
 
 
 def test_second_deploy_changes_nothing_outside_the_run(deployment, first_deploy) -> None:

@@ -76,10 +76,11 @@ def test_runs_as_uid_10001(built_images, docker_client, kind):
     assert _run_output(docker_client, image, "-u", entrypoint="id").strip() == "10001"
 
 
-@pytest.mark.parametrize(("kind", "program"), [("aggregator", "flower-superlink"), ("site", "flower-supernode")])
-def test_flower_version_inside(built_images, docker_client, kind, program):
+@pytest.mark.parametrize(("kind", "entrypoint"), [("aggregator", ["flower-superlink"]),
+                                                  ("site", ["python", "/opt/nbfed/warm_supernode.py"])])
+def test_flower_version_inside(built_images, docker_client, kind, entrypoint):
     info = docker_client.api.inspect_image(built_images[kind].ref)
-    assert info["Config"]["Entrypoint"] == [program]
+    assert info["Config"]["Entrypoint"] == entrypoint
     assert "Flower version: 1.41.0" in _run_output(docker_client, built_images[kind].ref, "--version")
 
 

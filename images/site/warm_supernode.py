@@ -1,0 +1,1 @@
+../../nbfed/warm_supernode.py
