@@ -7,6 +7,8 @@ playbook's run stage, on the aggregator host).
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import ssl
 import subprocess
 import sys
@@ -22,7 +24,18 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-BIN = Path(sys.executable).parent  # flwr, flower-superlink & co. live beside this interpreter
+
+def _flower_bin() -> Path:
+    """Where flwr, flower-superlink & co. live: beside this interpreter (a venv, an image), else
+    wherever PATH finds them (Flower installed with `pip install --target DIR`, DIR/bin on PATH)."""
+    here = Path(sys.executable).parent
+    if (here / "flwr").exists():
+        return here
+    found = shutil.which("flwr")
+    return Path(found).parent if found else here
+
+
+BIN = _flower_bin()
 CONNECTION = "nbfed"
 
 
@@ -51,6 +64,8 @@ class SuperLinkClient:
 
     def flwr(self, *args: str) -> subprocess.CompletedProcess:
         env = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_HOME": str(self.home), "PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(self.home)}
+        if "PYTHONPATH" in os.environ:  # Flower found through PYTHONPATH (a --target install) must stay found
+            env["PYTHONPATH"] = os.environ["PYTHONPATH"]
         return subprocess.run([str(BIN / "flwr"), *args], env=env, capture_output=True, text=True)
 
     def _json(self, *args: str) -> dict[str, Any]:
