@@ -154,8 +154,9 @@ def describe(pid):
     try:
         for _ in range(12):
             cmd = cmdline(p)
-            role = role or next((r for r in ROLES if r in cmd), None)
-            m = re.search(r'site="([^"]+)"', cmd) if "flower-supernode" in cmd else None
+            # (nbfed's SuperNode forks its ClientApps from a zygote: they carry the zygote's command line)
+            role = role or ("flwr-clientapp" if "--zygote" in cmd else next((r for r in ROLES if r in cmd), None))
+            m = re.search(r'site="([^"]+)"', cmd) if "supernode" in cmd else None
             if m:
                 site = m.group(1)
                 break
@@ -201,7 +202,7 @@ def clientapp_devices():
         if not d.isdigit():
             continue
         try:
-            if "flwr-clientapp" not in cmdline(d):
+            if "flwr-clientapp" not in cmdline(d) and "--zygote" not in cmdline(d):
                 continue
             files = {os.readlink(f"/proc/{d}/fd/{fd}") for fd in os.listdir(f"/proc/{d}/fd")}
             found[d] = (describe(int(d))[0], sorted(f for f in files if f.startswith("/dev/nvidia")))
