@@ -168,8 +168,10 @@ class ProcessWatch(threading.Thread):
                     command = cmdline(pid)
                     if b"flwr-serverapp" in command:
                         self.serverapp_kib = max(self.serverapp_kib, table[pid][1])
-                    elif b"flwr-clientapp" in command or (b"--zygote" in command and b"--zygote" in cmdline(table[pid][0])):
-                        # Flower's own ClientApp process, or one nbfed's zygote forked
+                    elif ((b"flwr-clientapp" in command and b"/nbfed-supernode-" not in command)
+                          or (b"--zygote" in command and b"--zygote" in cmdline(table[pid][0]))):
+                        # Flower's own ClientApp process, or one nbfed's zygote forked (not the
+                        # flwr-clientapp shim that asked for it and left)
                         self.clientapps.setdefault(pid, [now, now])[1] = now
             meminfo = Path("/proc/meminfo").read_text().splitlines()
             available = next(int(line.split()[1]) for line in meminfo if line.startswith("MemAvailable:"))
