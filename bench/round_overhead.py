@@ -434,6 +434,8 @@ def main() -> None:
                     with console.status(label):
                         run = {"run": k, **run_once(app, nodes, work / f"{app}-{nodes}-{k}", args)}
                     results["runs"].append(run)
+                    args.out.parent.mkdir(parents=True, exist_ok=True)  # so far, in case a later run is cut short
+                    args.out.write_text(json.dumps(results, indent=2) + "\n")
                     console.print(f"{label}: startup {run['startup_s']:.1f} s, rounds "
                                   f"{', '.join(f'{s:.2f}' for s in run['rounds_s'])} s")
     except BaseException:
@@ -445,7 +447,6 @@ def main() -> None:
     summaries = [summarize(app, nodes, [r for r in results["runs"] if r["app"] == app and r["nodes"] == nodes], args)
                  for nodes in args.nodes for app in apps]
     results["summary"] = summaries
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     write_markdown(args.out.with_suffix(".md"), results, summaries, args)
     console.print(table(summaries, args))
