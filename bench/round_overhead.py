@@ -22,6 +22,8 @@ Each repetition runs every app in turn.
   nbfed-train the same with `nbfed.fraction-evaluate = 0`: training only, as the anchor does.
   nbfed-train-flower-supernode
               nbfed-train on Flower's own SuperNodes: what nbfed's ServerApp alone changes.
+  nbfed-train-float16
+              nbfed-train with `nbfed.transfer-dtype = "float16"`: half the bytes each way.
   nbfed-fedavg
               nbfed-train with a strategy cell returning Flower's FedAvg, which holds every
               reply of a round at once: against nbfed-train, what folding replies saves.
@@ -83,6 +85,7 @@ class BenchApp:
     warm: bool  # nbfed's SuperNodes (warm ClientApps, short polls), else Flower's own
     overrides: dict = field(default_factory=dict)
     flower_fedavg: bool = False  # a strategy cell returning Flower's FedAvg
+    value_bytes: int = 4  # bytes per parameter on the wire
 
 
 APPS = {
@@ -90,6 +93,8 @@ APPS = {
     "nbfed": BenchApp("nbfed", 3, warm=True),
     "nbfed-train": BenchApp("nbfed, train only", 2, warm=True, overrides=TRAIN_ONLY),
     "nbfed-train-flower-supernode": BenchApp("nbfed, train only, Flower's SuperNode", 2, warm=False, overrides=TRAIN_ONLY),
+    "nbfed-train-float16": BenchApp("nbfed, train only, float16 transfers", 2, warm=True, value_bytes=2,
+                                    overrides={**TRAIN_ONLY, "nbfed.transfer-dtype": "float16"}),
     "nbfed-fedavg": BenchApp("nbfed, train only, Flower's FedAvg", 2, warm=True, overrides=TRAIN_ONLY, flower_fedavg=True),
 }
 DEFAULT_APPS = ["raw", "nbfed", "nbfed-train", "nbfed-train-flower-supernode"]
@@ -324,7 +329,7 @@ def summarize(app: str, nodes: int, runs: list[dict], args) -> dict:
     round_1 = spread([run["rounds_s"][0] for run in runs])
     typical = (spread(later) or round_1)["median"]  # later rounds; round 1 when there is no other
     label, transfers = APPS[app].label, APPS[app].transfers
-    moved = transfers * 4 * num_params(args.params, args.width) * nodes
+    moved = transfers * APPS[app].value_bytes * num_params(args.params, args.width) * nodes
     return {
         "app": label,
         "key": app,

@@ -35,6 +35,7 @@ TOOLKIT_DEFAULTS: dict[str, Any] = {
     "min-sites": 2,  # sites that must be connected before a round starts
     "fraction-train": 1.0,  # fraction of connected sites sampled per round
     "fraction-evaluate": 1.0,  # fraction asked to evaluate each round's model (0: training only)
+    "transfer-dtype": "float32",  # float16: the model travels at half the bytes (kept float32 here)
     "round-timeout": 600.0,  # seconds a round waits for replies (and for min-sites to be online)
     "resume": False,  # continue the run in results-dir from its last checkpoint
 }

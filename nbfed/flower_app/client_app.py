@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -39,7 +41,11 @@ def _metrics(values: dict, fn: str, num_examples: int) -> MetricRecord:
 def _reply(msg: Message, site: Site, metrics: MetricRecord, model=None) -> Message:
     content = RecordDict({"metrics": metrics, "site": ConfigRecord({"name": site.name})})
     if model is not None:
-        content["arrays"] = ArrayRecord(model.state_dict())
+        state = model.state_dict()
+        config = msg.content.config_records.get("config", {})
+        if config.get("nbfed-transfer-dtype") == "float16":  # the ServerApp asked for half the bytes
+            state = {k: v.half() if v.dtype == torch.float32 else v for k, v in state.items()}
+        content["arrays"] = ArrayRecord(state)
     return Message(content=content, reply_to=msg)
 
 

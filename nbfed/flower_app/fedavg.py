@@ -7,6 +7,10 @@ global model, the sum and the one reply being added, whatever the number of site
 ServerApp hands replies over one at a time as they are pulled (server_app._stream_replies).
 Same result as Flower's FedAvg (tests/unit/test_fedavg.py); notebooks that build their own
 strategy get theirs, with every reply of a round at once.
+
+With `transfer_dtype="float16"` (run config `nbfed.transfer-dtype`) the model travels as
+float16 both ways, half the bytes on every link; the sites train in float32 and the average
+is kept in float32, so checkpoints and the final model stay float32.
 """
 
 from __future__ import annotations
@@ -15,15 +19,43 @@ from collections.abc import Iterable
 from logging import INFO
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
 from flwr.serverapp.exception import InconsistentMessageReplies
 from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import validate_message_reply_consistency
 from flwr.supercore import log
 
 
+TRANSFER_DTYPE = "nbfed-transfer-dtype"  # the train config key that asks sites for float16 replies
+TRANSFER_DTYPES = ("float32", "float16")
+
+
+def as_float16(arrays: ArrayRecord) -> ArrayRecord:
+    """The float32 arrays as float16 (others as they are)."""
+    return ArrayRecord({key: Array(value.astype(np.float16)) if (value := array.numpy()).dtype == np.float32 else array
+                        for key, array in arrays.items()})
+
+
 class StreamingFedAvg(FedAvg):
     folds_replies = True  # the recorder passes the replies through lazily, not as a list
+
+    def __init__(self, *args, transfer_dtype: str = "float32", **kwargs) -> None:
+        if transfer_dtype not in TRANSFER_DTYPES:
+            raise ValueError(f"nbfed.transfer-dtype = {transfer_dtype!r}: choose one of {', '.join(TRANSFER_DTYPES)}")
+        super().__init__(*args, **kwargs)
+        self.transfer_dtype = transfer_dtype
+
+    def _outgoing(self, arrays: ArrayRecord) -> ArrayRecord:
+        return as_float16(arrays) if self.transfer_dtype == "float16" else arrays
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
+        if self.transfer_dtype == "float16":
+            config[TRANSFER_DTYPE] = "float16"
+        return super().configure_train(server_round, self._outgoing(arrays), config, grid)
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
+        return super().configure_evaluate(server_round, self._outgoing(arrays), config, grid)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -46,9 +78,9 @@ class StreamingFedAvg(FedAvg):
             weight = float(metric[self.weighted_by_key])
             for key, array in arrays.items():
                 value = array.numpy()
-                if key not in sums:
-                    dtypes[key] = value.dtype
-                    sums[key] = np.zeros(value.shape, np.float32 if value.dtype == np.float32 else np.float64)
+                if key not in sums:  # (float16 replies average to float32, the model's own dtype)
+                    dtypes[key] = np.dtype(np.float32) if value.dtype == np.float16 else value.dtype
+                    sums[key] = np.zeros(value.shape, np.float32 if dtypes[key] == np.float32 else np.float64)
                 sums[key] += value * weight
             total += weight
             metrics.append(RecordDict({"metrics": metric}))

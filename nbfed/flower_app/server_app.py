@@ -2,7 +2,8 @@
 the notebook builds one).
 
 The participation policy comes from the run config (`nbfed.min-sites`, `nbfed.fraction-train`,
-`nbfed.fraction-evaluate`, `nbfed.round-timeout`). With `nbfed.resume = true` the run continues
+`nbfed.fraction-evaluate`, `nbfed.round-timeout`); `nbfed.transfer-dtype = "float16"` halves the
+bytes a round moves (fedavg.py). With `nbfed.resume = true` the run continues
 the one in its results directory from its last checkpoint, for the rounds that remain.
 """
 
@@ -34,6 +35,7 @@ def _strategy(config: dict, context: Context):
         min_train_nodes=min_sites,
         min_evaluate_nodes=min_sites,
         min_available_nodes=min_sites,
+        transfer_dtype=toolkit(context, "transfer-dtype", "float32"),
     )
 
 

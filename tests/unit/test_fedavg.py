@@ -7,7 +7,7 @@ import weakref
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, Error, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp.exception import InconsistentMessageReplies
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore.task_identity import TaskIdentity
@@ -72,3 +72,37 @@ def test_errors_are_skipped_and_no_model_gives_none() -> None:
 def test_replies_with_other_keys_are_refused() -> None:
     with pytest.raises(InconsistentMessageReplies):
         StreamingFedAvg().aggregate_train(1, iter([reply(1, 10), reply(2, 10, shapes=((3, 4),))]))
+
+
+def test_float16_transfers_send_half_the_bytes_and_average_in_float32() -> None:
+    strategy = StreamingFedAvg(transfer_dtype="float16")
+    sent = reply(7, 1).content["arrays"]
+
+    class Grid:
+        def get_node_ids(self):
+            return [1, 2]
+
+    [message, _] = list(strategy.configure_train(1, sent, ConfigRecord(), Grid()))
+    assert message.content["config"]["nbfed-transfer-dtype"] == "float16"
+    outgoing = message.content["arrays"]
+    assert outgoing["layer0.weight"].numpy().dtype == np.float16
+    assert outgoing["bn.num_batches_tracked"].numpy().dtype == np.int64
+    assert outgoing["layer0.weight"].numpy().nbytes * 2 == sent["layer0.weight"].numpy().nbytes
+
+    def halved(msg: Message) -> Message:
+        arrays = {k: Array(v.numpy().astype(np.float16) if v.numpy().dtype == np.float32 else v.numpy())
+                  for k, v in msg.content["arrays"].items()}
+        return Message(RecordDict({"arrays": ArrayRecord(arrays), "metrics": msg.content["metrics"]}),
+                       dst_node_id=1, message_type=MessageType.TRAIN)
+
+    replies = [reply(1, 10), reply(2, 30)]
+    full, _ = StreamingFedAvg().aggregate_train(1, iter(replies))
+    half, _ = strategy.aggregate_train(1, iter(halved(r) for r in replies))
+    for key in full:
+        assert half[key].numpy().dtype == full[key].numpy().dtype
+        assert np.allclose(half[key].numpy(), full[key].numpy(), rtol=2e-3, atol=2e-3)
+
+
+def test_an_unknown_transfer_dtype_is_refused() -> None:
+    with pytest.raises(ValueError, match="nbfed.transfer-dtype = 'int8': choose one of float32, float16"):
+        StreamingFedAvg(transfer_dtype="int8")
