@@ -34,6 +34,14 @@ def assert_run_completed(run: Path) -> None:
     assert (run / "model" / "global_model.pt").stat().st_size > 0
 
 
+def started(deployment: Deployment) -> dict[str, str]:
+    """Each container of the deployment's stacks: its id and when it (last) started."""
+    names = deployment.containers()
+    done = subprocess.run(["docker", "inspect", "--format", "{{.Name}} {{.Id}} {{.State.StartedAt}}", *names],
+                          capture_output=True, text=True, check=True)
+    return {line.split()[0].lstrip("/"): " ".join(line.split()[1:]) for line in done.stdout.splitlines()}
+
+
 @pytest.fixture(scope="module")
 def deployment(local_deployment) -> Deployment:
     return local_deployment
@@ -97,6 +105,7 @@ def test_run_after_a_code_only_edit_builds_nothing_and_runs_the_new_code(deploym
     edited.parent.mkdir(exist_ok=True)
     nbformat.write(notebook, edited)
     images = {i.id for i in docker_client.images.list()}
+    stacks = started(deployment)
 
     done = deployment.playbook("playbooks/run.yml", timeout=1200, nbfed_notebook=str(edited))
     hosts = assert_ok(done)
@@ -104,10 +113,31 @@ def test_run_after_a_code_only_edit_builds_nothing_and_runs_the_new_code(deploym
     assert task_result(done.output, "images : Build the images (cached by content)", "localhost") == "ok"
     assert {i.id for i in docker_client.images.list()} == images
     assert all(hosts[site]["changed"] == 0 for site in SITES), hosts  # no stack was touched
+    # ... nor even walked: every stack was current, so each host's stage ended at the check
+    assert started(deployment) == stacks  # same containers, not restarted
+    for role in ("aggregator", "site"):
+        assert task_result(done.output, f"{role} : List the stack's healthy services and their images",
+                           "local-aggregator" if role == "aggregator" else SITES[0]) == "ok"
+        assert f"TASK [{role} : Create the stack's directories]" not in done.output, done.output[-5000:]
     first, second = deployment.runs()
     assert_run_completed(second)
     assert "EDITED_BY_TEST" in "".join(p.read_text() for p in (second / "app").rglob("task.py"))
     assert "EDITED_BY_TEST" not in "".join(p.read_text() for p in (first / "app").rglob("task.py"))
+
+
+def test_run_brings_back_a_stack_that_is_down(deployment, first_deploy) -> None:
+    """run.yml leaves current stacks alone, but not one that is down: that one is deployed."""
+    subprocess.run(["docker", "stop", deployment.container("site-c")], check=True, capture_output=True)
+    before = started(deployment)
+
+    done = deployment.playbook("playbooks/run.yml", timeout=1200)
+    assert_ok(done)
+
+    assert task_result(done.output, "site : Start the SuperNode and wait until it is healthy", "site-c") == "changed"
+    after = started(deployment)
+    assert after[deployment.container("site-c")] != before[deployment.container("site-c")]
+    assert {k: v for k, v in after.items() if "site-c" not in k} == {k: v for k, v in before.items() if "site-c" not in k}
+    assert_run_completed(deployment.runs()[-1])
 
 
 def test_teardown_then_deploy_keeps_results_state_and_keys(deployment, first_deploy) -> None:
