@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import torch
-
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 

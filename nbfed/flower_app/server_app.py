@@ -2,9 +2,9 @@
 the notebook builds one).
 
 The participation policy comes from the run config (`nbfed.min-sites`, `nbfed.fraction-train`,
-`nbfed.fraction-evaluate`, `nbfed.round-timeout`); `nbfed.transfer-dtype = "float16"` halves the
-bytes a round moves (fedavg.py). With `nbfed.resume = true` the run continues
-the one in its results directory from its last checkpoint, for the rounds that remain.
+`nbfed.fraction-evaluate`, `nbfed.round-timeout`); `nbfed.transfer-dtype = "float16"` halves
+the bytes a round moves (fedavg.py). With `nbfed.resume = true` the run continues the one in
+its results directory from its last checkpoint, for the rounds that remain.
 """
 
 from __future__ import annotations
