@@ -85,6 +85,11 @@ def test_flower_version_inside(built_images, docker_client, kind, entrypoint):
 
 
 @pytest.mark.parametrize("kind", ["aggregator", "site"])
+def test_flower_telemetry_is_off(built_images, docker_client, kind):
+    assert "FLWR_TELEMETRY_ENABLED=0" in docker_client.api.inspect_image(built_images[kind].ref)["Config"]["Env"]
+
+
+@pytest.mark.parametrize("kind", ["aggregator", "site"])
 def test_torch_imports_inside(built_images, docker_client, kind):
     out = _run_output(docker_client, built_images[kind].ref, "-c",
                       "import torch, numpy; print(torch.__version__, torch.cuda.is_available())",
