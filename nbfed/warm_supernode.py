@@ -15,8 +15,6 @@ launcher keeps Flower's SuperNode, SuperExec and ClientApp code and changes how 
   Flower's own `flwr-clientapp`, as Flower would (NBFED_WARM_CLIENTAPPS=0: always).
 - SuperNode's idle and reply polls (3 s and 0.5 s, fixed in Flower) and SuperExec's task poll
   (1 s, FLWR_SUPEREXEC_TASK_POLL_INTERVAL) become NBFED_POLL_INTERVAL seconds (default 0.25).
-- Flower's telemetry is off unless FLWR_TELEMETRY_ENABLED says otherwise: a hospital's
-  SuperNode does not report to Flower's servers.
 
 This file imports only the standard library and Flower: the site image carries it alone.
 """
@@ -139,7 +137,6 @@ def shorten_polls(interval: float) -> None:
 def main(argv: list[str]) -> None:
     interval = float(os.environ.get("NBFED_POLL_INTERVAL", "0.25"))
     os.environ.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", str(interval))
-    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     flower = shutil.which("flwr-clientapp")
     if os.environ.get("NBFED_WARM_CLIENTAPPS", "1") != "0" and flower:
         here = Path(tempfile.mkdtemp(prefix="nbfed-supernode-"))
