@@ -197,6 +197,10 @@ def _extra_keys(pooled_records: list[dict]) -> list[str]:
     return sorted({k for p in pooled_records for k in p if k not in skip})
 
 
+def _seconds(value: Any) -> str:
+    return f"{value:.1f}" if isinstance(value, (int, float)) else "n/a"
+
+
 def _csv_value(value: Any) -> Any:
     return "" if value is None else value
 
@@ -207,7 +211,8 @@ def write_rounds_csv(results_dir: Path, *, overwrite: bool = True) -> Path:
     Columns: ``round, duration_s, sites`` (number of sites in the round's
     evaluate results, i.e. behind the pooled metrics), ``site_names`` (those
     sites joined by ``;``), ``train_sites`` (number of sites that returned
-    training results), the six pooled metrics, ``tp, fp, tn, fn,
+    training results), ``overhead_s`` (the duration beyond the slowest site's
+    time in the notebook's code), the six pooled metrics, ``tp, fp, tn, fn,
     num_examples``, then any other pooled key (e.g. ``loss``) alphabetically.
     Undefined values are empty cells. With ``overwrite=False`` an existing
     file is left as is. Returns the path.
@@ -219,7 +224,7 @@ def write_rounds_csv(results_dir: Path, *, overwrite: bool = True) -> Path:
     _, rounds, _ = load_results(results_dir)
     pooled_records = [_pooled(r) for r in rounds]
     extra = _extra_keys(pooled_records)
-    header = ["round", "duration_s", "sites", "site_names", "train_sites", *METRIC_NAMES, *CONFUSION_KEYS, "num_examples", *extra]
+    header = ["round", "duration_s", "sites", "site_names", "train_sites", "overhead_s", *METRIC_NAMES, *CONFUSION_KEYS, "num_examples", *extra]
     with path.open("w", encoding="utf-8", newline="") as fh:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(header)
@@ -232,6 +237,7 @@ def write_rounds_csv(results_dir: Path, *, overwrite: bool = True) -> Path:
                     len(names),
                     ";".join(names),
                     len(round_.get("train") or {}),
+                    _csv_value(round_.get("overhead_s")),
                     *(_csv_value(pooled.get(k)) for k in METRIC_NAMES),
                     *(_csv_value(pooled.get(k)) for k in CONFUSION_KEYS),
                     _csv_value(pooled.get(NUM_EXAMPLES_KEY)),
@@ -375,15 +381,17 @@ def write_report(results_dir: Path) -> Path:
 
     lines += ["## Per round", ""]
     has_loss = any(isinstance(p.get("loss"), (int, float)) for p in pooled)
-    header = ["Round", "Duration (s)", "Sites", "Sensitivity", "Specificity", "F1 score", "Accuracy"]
+    has_overhead = any(isinstance(r.get("overhead_s"), (int, float)) for r in rounds)
+    header = ["Round", "Duration (s)", *(["Overhead (s)"] if has_overhead else []), "Sites",
+              "Sensitivity", "Specificity", "F1 score", "Accuracy"]
     if has_loss:
         header.append("Loss")
     table_rows = []
     for round_, p in zip(rounds, pooled):
-        duration = round_.get("duration_s")
         row = [
             str(round_.get("round", "?")),
-            f"{duration:.1f}" if isinstance(duration, (int, float)) else "n/a",
+            _seconds(round_.get("duration_s")),
+            *([_seconds(round_.get("overhead_s"))] if has_overhead else []),
             str(len(_contributors(round_))),
             *(_pct(p.get(k)) for k in ("sensitivity", "specificity", "f1", "accuracy")),
         ]
@@ -395,6 +403,10 @@ def write_report(results_dir: Path) -> Path:
         lines += _md_table(header, table_rows, ["r"] * len(header))
     else:
         lines.append("No round has completed.")
+    if has_overhead:
+        lines += ["", "Overhead: the round's duration beyond the slowest site's time in the notebook's code "
+                  "(`load_data`, `build_model`, `train`, `evaluate`): messages, processes, (de)serialisation, "
+                  "aggregation."]
     lines += ["", f"![Pooled metrics per round]({PLOT_FILE})", "", f"Per-round values are also in `{CSV_FILE}`.", ""]
 
     errors = [

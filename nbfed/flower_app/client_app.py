@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -14,8 +15,23 @@ from .settings import Site, notebook_config
 app = ClientApp()
 
 
-def _model(msg: Message, config: dict, device: str):
-    model = task.build_model(config)
+class _Clock:
+    """Adds up the seconds spent in the notebook's own functions: the ServerApp sets each site's
+    work against its round (the rest is the federation's: messages, processes, (de)serialisation)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def __call__(self, fn, *args):
+        started = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            self.seconds += time.perf_counter() - started
+
+
+def _model(msg: Message, config: dict, device: str, clock: _Clock):
+    model = clock(task.build_model, config)
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     return model.to(device)
 
@@ -37,8 +53,8 @@ def _metrics(values: dict, fn: str, num_examples: int) -> MetricRecord:
     return MetricRecord(clean)
 
 
-def _reply(msg: Message, site: Site, metrics: MetricRecord, model=None) -> Message:
-    content = RecordDict({"metrics": metrics, "site": ConfigRecord({"name": site.name})})
+def _reply(msg: Message, site: Site, metrics: MetricRecord, seconds: float, model=None) -> Message:
+    content = RecordDict({"metrics": metrics, "site": ConfigRecord({"name": site.name, "seconds": seconds})})
     if model is not None:
         state = model.state_dict()
         config = msg.content.config_records.get("config", {})
@@ -50,17 +66,17 @@ def _reply(msg: Message, site: Site, metrics: MetricRecord, model=None) -> Messa
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    site, config = Site.from_context(context), notebook_config(context)
-    train_set, _ = task.load_data(str(site.data_dir), config)
-    model = _model(msg, config, site.device)
-    metrics = _metrics(task.train(model, train_set, config, site.device), "train", len(train_set))
-    return _reply(msg, site, metrics, model.to("cpu"))
+    site, config, clock = Site.from_context(context), notebook_config(context), _Clock()
+    train_set, _ = clock(task.load_data, str(site.data_dir), config)
+    model = _model(msg, config, site.device, clock)
+    values = clock(task.train, model, train_set, config, site.device)
+    return _reply(msg, site, _metrics(values, "train", len(train_set)), clock.seconds, model.to("cpu"))
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    site, config = Site.from_context(context), notebook_config(context)
-    _, test_set = task.load_data(str(site.data_dir), config)
-    model = _model(msg, config, site.device)
-    metrics = _metrics(task.evaluate(model, test_set, config, site.device), "evaluate", len(test_set))
-    return _reply(msg, site, metrics)
+    site, config, clock = Site.from_context(context), notebook_config(context), _Clock()
+    _, test_set = clock(task.load_data, str(site.data_dir), config)
+    model = _model(msg, config, site.device, clock)
+    values = clock(task.evaluate, model, test_set, config, site.device)
+    return _reply(msg, site, _metrics(values, "evaluate", len(test_set)), clock.seconds)

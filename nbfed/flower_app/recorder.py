@@ -5,7 +5,9 @@ never leaves a half-written result behind. Layout of the results directory:
 
     run.json            what ran (notebook, hash, run config, sites and node ids, status, resumes)
     rounds.json         one record per finished round: who was sampled, who contributed, who
-                        failed or missed the timeout, train/evaluate metrics per site, pooled metrics
+                        failed or missed the timeout, train/evaluate metrics per site, pooled metrics,
+                        the seconds each site spent in the notebook's code and the round's overhead
+                        beyond the slowest site's
     events.jsonl        one line per event, for progress displays
     checkpoints/round-<k>.pt  the global model after round k, the last finished round (torch state_dict)
     model/global_model.pt     the final global model (torch state_dict)
@@ -129,7 +131,7 @@ class Recorder:
         def on_configure_train(server_round, *args, **kwargs):
             server_round += self.offset
             self._current = {"round": server_round, "started": time.time(), "sampled": [], "train": {},
-                             "evaluate": {}, "errors": {}, "missing": {}, "asked": {}, "answered": {}}
+                             "evaluate": {}, "seconds": {}, "errors": {}, "missing": {}, "asked": {}, "answered": {}}
             self.event("round_started", round=server_round)
             messages = list(configure_train(server_round, *args, **kwargs))
             self._current["sampled"] = sorted(self._name(m.metadata.dst_node_id) for m in messages)
@@ -182,6 +184,8 @@ class Recorder:
             if self.run["sites"].get(site) != node_id:
                 self.run["sites"] = dict(sorted({**self.run["sites"], site: node_id}.items()))
             self._current[phase][site] = {k: v for k, v in msg.content["metrics"].items()}
+            if "seconds" in msg.content["site"]:
+                self._current["seconds"].setdefault(phase, {})[site] = round(float(msg.content["site"]["seconds"]), 3)
 
         def tapped():
             for msg in replies:
@@ -201,15 +205,22 @@ class Recorder:
             return None
         server_round += self.offset
         current = self._current
+        duration = time.time() - current["started"]
         record = {
             "round": server_round,
-            "duration_s": round(time.time() - current["started"], 3),
+            "duration_s": round(duration, 3),
             "sampled": current["sampled"],
             "sites": {site: self.run["sites"][site] for site in sorted(current["train"])},
             "train": current["train"],
             "evaluate": current["evaluate"],
             "pooled": summarize_round(current["evaluate"]) if current["evaluate"] else {},
         }
+        if current["seconds"]:
+            # Seconds each site spent in the notebook's code (load_data, build_model, train or
+            # evaluate); what the round took beyond the slowest site's is the federation's
+            # overhead (messages, processes, (de)serialisation, aggregation).
+            record["site_seconds"] = current["seconds"]
+            record["overhead_s"] = round(duration - sum(max(s.values()) for s in current["seconds"].values()), 3)
         for problems in ("errors", "missing"):
             if current[problems]:
                 record[problems] = current[problems]

@@ -292,3 +292,17 @@ def test_round_without_evaluate_results(tmp_path):
     assert "| Accuracy | n/a |" in md
     assert "| 3 | 13.0 | 3 | n/a | n/a | n/a | n/a |" in md
     _png_size(results / "metrics.png")
+
+
+def test_round_overhead_is_shown_where_the_sites_reported_their_time(tmp_path):
+    results = make_results(tmp_path, baselines=False)
+    rounds = json.loads((results / "rounds.json").read_text())
+    for r in rounds:
+        r["site_seconds"] = {"train": {"site-a": 4.0, "site-b": 6.0}, "evaluate": {"site-a": 1.0}}
+        r["overhead_s"] = r["duration_s"] - 7.0
+    (results / "rounds.json").write_text(json.dumps(rounds))
+    md = write_report(results).read_text()
+    assert "| Round | Duration (s) | Overhead (s) | Sites |" in md
+    assert "| 3 | 13.0 | 6.0 | 3 |" in md
+    with write_rounds_csv(results).open(newline="") as fh:
+        assert [float(r["overhead_s"]) for r in csv.DictReader(fh)] == [4.0, 5.0, 6.0]
