@@ -33,3 +33,16 @@ def test_round_overhead_benchmark_times_nbfed_rounds(tmp_path) -> None:
     assert nbfed and all(seconds > 0 for run in nbfed for seconds in run["rounds_s"])
     assert all(row["round_1_s"]["median"] > 0 for row in results["summary"])
     assert out.with_suffix(".md").is_file()
+
+
+@pytest.mark.slow
+def test_template_rounds_benchmark_splits_a_round_into_site_work_and_overhead(tmp_path) -> None:
+    out = tmp_path / "template_rounds.json"
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "template_rounds.py"), "--smoke", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    results = json.loads(out.read_text())
+    [[round_]] = results["runs"]
+    assert 0 < round_["slowest_train_s"] + round_["slowest_evaluate_s"] < round_["duration_s"]
+    assert 0 < round_["overhead_s"] < round_["duration_s"]
+    assert round_["bytes_moved"] == 9 * round_["model_bytes"] > 0  # 3 sites: down, up, down
