@@ -63,11 +63,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def playbook(playbook: str, extra: dict, *args: str) -> tuple[float, str]:
+def playbook(playbook: str, extra: dict, *args: str, inventory: str = "inventory/local") -> tuple[float, str]:
     env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
                PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
     started = time.monotonic()
-    done = subprocess.run([str(BIN / "ansible-playbook"), playbook, "-i", "inventory/local", "-e", json.dumps(extra), *args],
+    done = subprocess.run([str(BIN / "ansible-playbook"), playbook, "-i", inventory, "-e", json.dumps(extra), *args],
                           cwd=ROOT, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     took = time.monotonic() - started
     if done.returncode != 0:

@@ -124,6 +124,21 @@ class Hosts:
              timeout: float = 600) -> subprocess.CompletedProcess:
         return sh("docker", "exec", "-i", PREFIX + name, *argv, check=check, input=input, timeout=timeout)
 
+    def cap_link(self, name: str, rate: str | None) -> None:
+        """Shape a host's link to `rate` (tc syntax: 100mbit) both ways with tbf, or lift the
+        cap (None): what it sends on its eth0, what it receives on this machine's end of its
+        veth pair."""
+        peer = self.exec(name, "cat", "/sys/class/net/eth0/iflink").stdout.strip()
+        links = dict(line.split(": ")[:2] for line in sh("ip", "-o", "link").stdout.splitlines())
+        veth = links[peer].split("@")[0]
+        if rate is None:
+            self.exec(name, "tc", "qdisc", "del", "dev", "eth0", "root", check=False)
+            sh("tc", "qdisc", "del", "dev", veth, "root", check=False)
+            return
+        tbf = ["tbf", "rate", rate, "burst", "256kb", "latency", "100ms"]
+        self.exec(name, "tc", "qdisc", "replace", "dev", "eth0", "root", *tbf)
+        sh("tc", "qdisc", "replace", "dev", veth, "root", *tbf)
+
     def copy_to(self, name: str, source: Path, target: str) -> None:
         self.exec(name, "mkdir", "-p", str(Path(target).parent))
         sh("docker", "cp", str(source), f"{PREFIX}{name}:{target}")
@@ -144,6 +159,21 @@ class Hosts:
         path.mkdir(parents=True, exist_ok=True)
         (path / "hosts.yml").write_text(yaml.safe_dump(inventory, sort_keys=False))
         return path
+
+
+def group_vars(root: Path, base_image: str, **settings) -> dict:
+    """The inventory's settings for a deployment named e2e on these hosts, images delivered as
+    archives; the control node's files and the fetched results under `root`."""
+    return {
+        "nbfed_root": "{{ playbook_dir if (playbook_dir ~ '/ansible.cfg') is file else playbook_dir | dirname }}",
+        "nbfed_deployment": "e2e",
+        "nbfed_control_dir": str(root / "control"),
+        "nbfed_home": "/opt/nbfed",
+        "nbfed_results_dir": str(root / "results"),
+        "nbfed_image_delivery": "archive",
+        "nbfed_base_image": base_image,
+        **settings,
+    }
 
 
 class Registry:

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from harness import Hosts, Registry, host_image
+from harness import Hosts, Registry, group_vars, host_image
 
 from nbfed.synth import generate
 
@@ -43,20 +43,8 @@ class Consortium:
     def __init__(self, hosts: Hosts, root: Path, base_image: str) -> None:
         self.hosts, self.root = hosts, root
         self.control, self.results = root / "control", root / "results"
-        self.group_vars = {
-            "nbfed_root": "{{ playbook_dir if (playbook_dir ~ '/ansible.cfg') is file else playbook_dir | dirname }}",
-            "nbfed_deployment": "e2e",
-            "nbfed_control_dir": str(self.control),
-            "nbfed_home": "/opt/nbfed",
-            "nbfed_results_dir": str(self.results),
-            "nbfed_notebook": "notebook/template.ipynb",
-            "nbfed_rounds": ROUNDS,
-            "nbfed_min_sites": len(SITES),
-            "nbfed_fraction_train": 1.0,
-            "nbfed_round_timeout": 600,
-            "nbfed_image_delivery": "archive",
-            "nbfed_base_image": base_image,
-        }
+        self.group_vars = group_vars(root, base_image, nbfed_notebook="notebook/template.ipynb", nbfed_rounds=ROUNDS,
+                                     nbfed_min_sites=len(SITES), nbfed_fraction_train=1.0, nbfed_round_timeout=600)
         self.inventory = hosts.write_inventory(root / "inventory", SITES, self.group_vars)
 
     def playbook(self, playbook: str, *args: str, **kwargs) -> subprocess.CompletedProcess:
@@ -172,6 +160,22 @@ def test_second_deploy_changes_nothing_outside_the_run(consortium, deployed) -> 
     assert done.returncode == 0, done.output[-5000:]
     changed = [line for line in done.output.splitlines() if line.startswith("changed:")]
     assert not changed, changed
+
+
+def test_a_capped_link_carries_its_rate_and_rounds_cross_it(consortium, deployed) -> None:
+    """bench/links.py's measurement, on this consortium (CI's smoke of that script): site-a's
+    link capped with tc tbf carries about its rate both ways, and a float16 round of the
+    overhead notebook cannot beat it (its bytes take longer than the round would uncapped)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import links
+
+    measured = links.measure(consortium.hosts, str(consortium.inventory), consortium.results, ["site-a"], "10mbit",
+                             params=1_000_000, rounds=1, dtypes=["float16"])
+    link = measured["links"]["site-a"]
+    assert 5 < link["download_mbit_s"] < 12 and 5 < link["upload_mbit_s"] < 12, link
+    [run] = measured["runs"]
+    assert run["rounds_s"][0] >= run["physical_limit_s"] > 3, run  # 2 MB each way at 10 Mbit/s
+    assert "tbf" not in consortium.hosts.exec("site-a", "tc", "qdisc", "show", "dev", "eth0").stdout  # lifted
 
 
 def test_a_damaged_image_archive_is_refused_before_it_is_copied(consortium, deployed) -> None:
