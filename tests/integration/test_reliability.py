@@ -79,11 +79,13 @@ def test_sites_that_die_or_are_cut_off_miss_a_round_and_rejoin_with_the_same_ide
         # Enough rounds for the crashed SuperNode to come back: SuperLink refuses its node key
         # until the old session's heartbeat lapses (2 x 30 s), and Docker's restart backoff grows.
         running = run_in_background(deployment, pool, run_name=run, nbfed_rounds=ROUNDS)
+        # 1 s into a round the sites have pulled their training messages (they poll every
+        # 0.25 s) and are still training (seconds): none has replied yet.
         wait_for_event(results, "round_started", round=2)
-        time.sleep(3)  # the sites have their training messages
+        time.sleep(1)
         crash(deployment.container("site-c"))
         wait_for_event(results, "round_started", round=3)
-        time.sleep(3)
+        time.sleep(1)
         with cut_off(deployment.container("site-b")):
             wait_for_event(results, "round_finished", round=3)
         done = running.result()
