@@ -30,8 +30,7 @@ class _Clock:
             self.seconds += time.perf_counter() - started
 
 
-def _model(msg: Message, config: dict, device: str, clock: _Clock):
-    model = clock(task.build_model, config)
+def _with_global_weights(model, msg: Message, device: str):
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     return model.to(device)
 
@@ -68,7 +67,7 @@ def _reply(msg: Message, site: Site, metrics: MetricRecord, seconds: float, mode
 def train(msg: Message, context: Context) -> Message:
     site, config, clock = Site.from_context(context), notebook_config(context), _Clock()
     train_set, _ = clock(task.load_data, str(site.data_dir), config)
-    model = _model(msg, config, site.device, clock)
+    model = _with_global_weights(clock(task.build_model, config), msg, site.device)
     values = clock(task.train, model, train_set, config, site.device)
     return _reply(msg, site, _metrics(values, "train", len(train_set)), clock.seconds, model.to("cpu"))
 
@@ -77,6 +76,6 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     site, config, clock = Site.from_context(context), notebook_config(context), _Clock()
     _, test_set = clock(task.load_data, str(site.data_dir), config)
-    model = _model(msg, config, site.device, clock)
+    model = _with_global_weights(clock(task.build_model, config), msg, site.device)
     values = clock(task.evaluate, model, test_set, config, site.device)
     return _reply(msg, site, _metrics(values, "evaluate", len(test_set)), clock.seconds)

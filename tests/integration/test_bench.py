@@ -10,12 +10,17 @@ import pytest
 from conftest import ROOT
 
 
+def smoke(script: str, out, *args: str, timeout: float = 600) -> dict:
+    """Run bench/<script> --smoke writing to `out`; its results."""
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--smoke", "--out", str(out), *args],
+                          capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return json.loads(out.read_text())
+
+
 @pytest.mark.docker
 def test_images_benchmark_reports_every_image_and_a_build_that_built_nothing(built_images, base_image, tmp_path) -> None:
-    out = tmp_path / "images.json"
-    subprocess.run([sys.executable, str(ROOT / "bench" / "images.py"), "--smoke", "--base-image", base_image, "--out", str(out)],
-                   check=True, capture_output=True, text=True, timeout=600)
-    results = json.loads(out.read_text())
+    results = smoke("images.py", tmp_path / "images.json", "--base-image", base_image)
     assert set(results["sizes_bytes"]) == {image.ref for image in built_images.values()}
     assert all(size > 50_000_000 for size in results["sizes_bytes"].values())
     assert results["builds_s"]["warm build"]["median"] > 0
@@ -25,10 +30,7 @@ def test_images_benchmark_reports_every_image_and_a_build_that_built_nothing(bui
 def test_round_overhead_benchmark_times_nbfed_rounds(tmp_path) -> None:
     """Local processes only (no Docker); raw Flower runs too where its anchor directory exists."""
     out = tmp_path / "round_overhead.json"
-    done = subprocess.run([sys.executable, str(ROOT / "bench" / "round_overhead.py"), "--smoke", "--out", str(out)],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
-    results = json.loads(out.read_text())
+    results = smoke("round_overhead.py", out, timeout=300)
     nbfed = [run for run in results["runs"] if run["app"] == "nbfed"]
     assert nbfed and all(seconds > 0 for run in nbfed for seconds in run["rounds_s"])
     assert all(row["round_1_s"]["median"] > 0 for row in results["summary"])
@@ -37,11 +39,7 @@ def test_round_overhead_benchmark_times_nbfed_rounds(tmp_path) -> None:
 
 @pytest.mark.slow
 def test_template_rounds_benchmark_splits_a_round_into_site_work_and_overhead(tmp_path) -> None:
-    out = tmp_path / "template_rounds.json"
-    done = subprocess.run([sys.executable, str(ROOT / "bench" / "template_rounds.py"), "--smoke", "--out", str(out)],
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout + done.stderr
-    results = json.loads(out.read_text())
+    results = smoke("template_rounds.py", tmp_path / "template_rounds.json")
     [[round_]] = results["runs"]
     assert 0 < round_["slowest_train_s"] + round_["slowest_evaluate_s"] < round_["duration_s"]
     assert 0 < round_["overhead_s"] < round_["duration_s"]

@@ -39,7 +39,7 @@ def test_both_rounds_completed_at_every_site(federation):
     for r in rounds:
         assert sorted(r["train"]) == sorted(r["evaluate"]) == ["site-a", "site-b", "site-c"]
         assert "errors" not in r
-        # each site's time in train()/evaluate(), and the rest of the round: both real, both in it
+        # each site's time in the notebook's code, and the rest of the round: both real, both in it
         work = r["site_seconds"]
         assert sorted(work["train"]) == sorted(work["evaluate"]) == ["site-a", "site-b", "site-c"]
         slowest = max(work["train"].values()) + max(work["evaluate"].values())
