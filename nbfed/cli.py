@@ -84,6 +84,7 @@ def build_images_cmd(
     notebook: NotebookArg,
     flavour: Annotated[list[str], typer.Option(help="Site image flavour: cpu and/or cuda (repeatable).")] = ["cpu"],
     base_image: Annotated[str, typer.Option(envvar="NBFED_BASE_IMAGE", help="Python 3.11 base image (images/base/build.sh makes nbfed/base:bookworm where nothing can be pulled).")] = "python:3.11-slim-bookworm",
+    tools_image: Annotated[Optional[str], typer.Option(envvar="NBFED_TOOLS_IMAGE", help="The base's Debian release with binutils, to strip the libraries (default: python:X-Y for python:X-slim-Y, else BASE-tools as images/base/build.sh makes).", show_default=False)] = None,
     build_dir: Annotated[Path, typer.Option(help="Build tree: wheelhouse and contexts, reused between builds.")] = Path("build"),
     env_file: Annotated[Path, typer.Option(help="Write the image references here for compose.")] = Path("compose/.env"),
     json_: Annotated[bool, typer.Option("--json", help="Progress to stderr; the images as JSON on stdout (for the playbook).")] = False,
@@ -94,7 +95,8 @@ def build_images_cmd(
     out = err if json_ else console
     try:
         nb = read_notebook(notebook)
-        images = build_images(nb.requirements, flavours=flavour, base_image=base_image, build_dir=build_dir,
+        images = build_images(nb.requirements, flavours=flavour, base_image=base_image, tools_image=tools_image,
+                              build_dir=build_dir,
                               labels={"notebook": nb.name, "notebook_sha256": nb.sha256}, console=out)
     except (NotebookError, ImagesError) as e:
         raise _fail(str(e))

@@ -53,6 +53,9 @@ FLWR_VERSION = FLWR_REQUIREMENT.split("==")[1]
 TORCH_RANGE = "torch>=2.4,<2.14"
 DEFAULT_BASE_IMAGE = "python:3.11-slim-bookworm"
 BOOTSTRAP_BASE_IMAGE = "nbfed/base:bookworm"
+# The images' strip stage runs in a "tools image": the base's Debian release with binutils.
+# images/base/build.sh makes <base>-tools beside the base; python:X-slim-Y has python:X-Y.
+TOOLS_SUFFIX = "-tools"
 FLAVOURS: tuple[str, ...] = ("cpu", "cuda")
 IMAGE_PREFIX = "nbfed"
 NONROOT_UID = 10001
@@ -503,18 +506,21 @@ def content_tag(
     *,
     base_image_digest: str,
     context_files: Mapping[str, bytes],
+    tools_image_digest: str = "",
     lock: str = "",
     flavour: str = "",
     flwr_version: str = FLWR_VERSION,
 ) -> str:
     """A 12-hex-digit tag derived from everything that goes into an image.
 
-    `base_image_digest` is `base_image_digest()` of the base image; `context_files` maps
-    build-context paths to their bytes (the Dockerfile, nginx.conf); `lock` is the wheel
-    set's digest (`lock_digest`). The notebook's code is not an input.
+    `base_image_digest` is `base_image_digest()` of the base image (and `tools_image_digest`
+    of the tools image, for the images that use it); `context_files` maps build-context paths
+    to their bytes (the Dockerfile, nginx.conf); `lock` is the wheel set's digest
+    (`lock_digest`). The notebook's code is not an input.
     """
     digest = hashlib.sha256()
-    for part in (f"schema={_SCHEMA}", f"base={base_image_digest}", f"lock={lock}",
+    tools = [f"tools={tools_image_digest}"] if tools_image_digest else []
+    for part in (f"schema={_SCHEMA}", f"base={base_image_digest}", *tools, f"lock={lock}",
                  f"flavour={flavour}", f"flwr={flwr_version}"):
         digest.update(part.encode() + b"\0")
     for path in sorted(context_files):
@@ -568,27 +574,37 @@ def _image_or_none(client: Any, ref: str) -> dict[str, Any] | None:
         return None
 
 
-def base_image_digest(client: Any, base_image: str) -> str:
+def default_tools_image(base_image: str) -> str:
+    """The tools image (binutils, for the strip stage) that goes with a base image."""
+    if m := re.fullmatch(r"python:(.+)-slim-([a-z]+)", base_image):
+        return f"python:{m[1]}-{m[2]}"
+    return base_image + TOOLS_SUFFIX
+
+
+def base_image_digest(client: Any, base_image: str, *, what: str = "base") -> str:
     """A digest of the base image's content (its layers and run config), for content tags.
 
     Not the image id: `docker import` of the same rootfs gives a new id every time (the
     creation time is part of it), while the layers, and so this digest, stay the same.
+    `what` ("base" or "tools") only words the error when the image is missing.
     """
-    info = _require_base(client, base_image)
+    info = _require_base(client, base_image, what)
     config = info.get("Config") or {}
     content = {"layers": (info.get("RootFS") or {}).get("Layers", []),
                **{k: config.get(k) for k in ("Env", "Cmd", "Entrypoint", "WorkingDir", "User")}}
     return "sha256:" + hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
-def _require_base(client: Any, base_image: str) -> dict[str, Any]:
-    info = _image_or_none(client, base_image)
+def _require_base(client: Any, image: str, what: str = "base") -> dict[str, Any]:
+    info = _image_or_none(client, image)
     if info is None:
+        role = ("base image" if what == "base" else
+                "tools image (the base's Debian release with binutils, for stripping the libraries)")
         raise ImagesError(
-            f"the base image {base_image} is not on this Docker Engine. Pull it (`docker pull "
-            f"{DEFAULT_BASE_IMAGE}`), or where no registry can be reached build one from Debian "
-            f"packages: `images/base/build.sh` (as root; makes {BOOTSTRAP_BASE_IMAGE}) and pass "
-            f"base_image={BOOTSTRAP_BASE_IMAGE!r}."
+            f"the {role} {image} is not on this Docker Engine. Pull it (`docker pull {image}`), or "
+            f"where no registry can be reached build the base and its tools image from Debian "
+            f"packages: `images/base/build.sh` (as root; makes {BOOTSTRAP_BASE_IMAGE} and "
+            f"{BOOTSTRAP_BASE_IMAGE + TOOLS_SUFFIX}) and pass base_image={BOOTSTRAP_BASE_IMAGE!r}."
         )
     return info
 
@@ -599,6 +615,8 @@ def plan_images(
     flavours: Sequence[str] = ("cpu",),
     base_image: str = DEFAULT_BASE_IMAGE,
     base_digest: str,
+    tools_image: str | None = None,
+    tools_digest: str,
     build_dir: Path = Path("build"),
     labels: Mapping[str, str] | None = None,
     torch_index_url: str | None = None,
@@ -613,7 +631,8 @@ def plan_images(
     if not (src / "aggregator" / "Dockerfile").is_file():
         raise ImagesError(f"the Dockerfiles are not in {src}: run nbfed from a source checkout, "
                           "or set NBFED_IMAGES_DIR to its images/ directory")
-    common = {"BASE_IMAGE": base_image, "FLWR_VERSION": FLWR_VERSION, "NBFED_VERSION": NBFED_VERSION}
+    common = {"BASE_IMAGE": base_image, "TOOLS_IMAGE": tools_image or default_tools_image(base_image),
+              "FLWR_VERSION": FLWR_VERSION, "NBFED_VERSION": NBFED_VERSION}
     for key, value in (labels or {}).items():
         if key in _LABEL_BUILD_ARGS:
             common[_LABEL_BUILD_ARGS[key]] = value
@@ -639,8 +658,8 @@ def plan_images(
         dockerfile_dir = src / kind
         wheelhouse = wheelhouses["aggregator" if kind == "aggregator" else flavour]
         digest = lock_digest(wheelhouse)
-        tag = content_tag(base_image_digest=base_digest, context_files=_context_files(dockerfile_dir),
-                          lock=digest, flavour=flavour)
+        tag = content_tag(base_image_digest=base_digest, tools_image_digest=tools_digest,
+                          context_files=_context_files(dockerfile_dir), lock=digest, flavour=flavour)
         if kind == "site":
             tag = f"{tag}-{flavour}"
         specs.append(ImageSpec(kind, f"{IMAGE_PREFIX}/{kind}", tag, dockerfile_dir, flavour, wheelhouse,
@@ -715,6 +734,7 @@ def build_images(
     *,
     flavours: Sequence[str] = ("cpu",),
     base_image: str = DEFAULT_BASE_IMAGE,
+    tools_image: str | None = None,
     build_dir: Path = Path("build"),
     labels: Mapping[str, str] | None = None,
     console: Console | None = None,
@@ -722,8 +742,9 @@ def build_images(
 ) -> list[BuiltImage]:
     """Build the proxy, the aggregator and one site image per flavour; skip those that exist.
 
-    `requirements` are the notebook's pip requirement lines (flwr is pinned to
-    FLWR_VERSION whatever they say). `labels`: the keys notebook, notebook_sha256, source and
+    `requirements` are the notebook's pip requirement lines (flwr is pinned to FLWR_VERSION
+    whatever they say). `tools_image` (default: `default_tools_image(base_image)`) has the
+    binutils that strip the venv's shared libraries. `labels`: the keys notebook, notebook_sha256, source and
     version fill the images' nbfed/OCI labels; other keys are added as labels as they are.
     Returns one BuiltImage per image, built=False where the content tag already existed.
     """
@@ -731,9 +752,11 @@ def build_images(
     build_dir = Path(build_dir)
     client = docker_client()
     base_digest = base_image_digest(client, base_image)
+    tools_image = tools_image or default_tools_image(base_image)
+    tools_digest = base_image_digest(client, tools_image, what="tools")
     specs = plan_images(requirements, flavours=flavours, base_image=base_image, base_digest=base_digest,
-                        build_dir=build_dir, labels=labels, torch_index_url=torch_index_url,
-                        console=console)
+                        tools_image=tools_image, tools_digest=tools_digest, build_dir=build_dir,
+                        labels=labels, torch_index_url=torch_index_url, console=console)
     extra_labels = {k: v for k, v in (labels or {}).items() if k not in _LABEL_BUILD_ARGS}
     results: list[BuiltImage] = []
     for spec in specs:

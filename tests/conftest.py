@@ -1,9 +1,10 @@
 """Fixtures every tier shares: a Docker Engine, the base image.
 
 Tests that take one of these fixtures are skipped, with the reason, when no Docker Engine
-answers (start one as root with `.ci/docker-engine`). The base image is built once from
-Debian packages (`images/base/build.sh`) unless NBFED_TEST_BASE_IMAGE names one that exists
-(`python:3.11-slim-bookworm` where it can be pulled).
+answers (start one as root with `.ci/docker-engine`). The base image and its tools image are
+built once from Debian packages (`images/base/build.sh`) unless NBFED_TEST_BASE_IMAGE names
+one that exists (`python:3.11-slim-bookworm`, with `python:3.11-bookworm`, where they can be
+pulled).
 """
 
 from __future__ import annotations
@@ -44,19 +45,24 @@ def docker_client(docker_api):
 
 @pytest.fixture(scope="session")
 def base_image(docker_api) -> str:
-    """The base image the tests build on: NBFED_TEST_BASE_IMAGE, else nbfed/base:bookworm."""
+    """The base image the tests build on (with its tools image): NBFED_TEST_BASE_IMAGE, else nbfed/base:bookworm."""
     from docker.errors import ImageNotFound
 
+    from nbfed.images import default_tools_image
+
     wanted = os.environ.get("NBFED_TEST_BASE_IMAGE", BOOTSTRAP_BASE)
-    try:
-        docker_api.inspect_image(wanted)
+    missing = []
+    for image in (wanted, default_tools_image(wanted)):
+        try:
+            docker_api.inspect_image(image)
+        except ImageNotFound:
+            missing.append(image)
+    if not missing:
         return wanted
-    except ImageNotFound:
-        pass
     if wanted != BOOTSTRAP_BASE:
-        pytest.skip(f"the base image {wanted} (NBFED_TEST_BASE_IMAGE) is not on this engine")
+        pytest.skip(f"{' and '.join(missing)} (for NBFED_TEST_BASE_IMAGE) not on this engine")
     if os.geteuid() != 0 or shutil.which("debootstrap") is None:
-        pytest.skip(f"{BOOTSTRAP_BASE} is missing and images/base/build.sh needs root and debootstrap")
+        pytest.skip(f"{' and '.join(missing)} missing and images/base/build.sh needs root and debootstrap")
     done = subprocess.run([str(ROOT / "images" / "base" / "build.sh"), BOOTSTRAP_BASE],
                           capture_output=True, text=True, timeout=1200,
                           env=dict(os.environ, NBFED_BUILD_DIR=str(BUILD_DIR)))

@@ -4,11 +4,14 @@
 #
 #   images/base/build.sh [IMAGE]        default IMAGE: nbfed/base:bookworm (or $NBFED_BASE_IMAGE)
 #
+# Makes IMAGE and IMAGE-tools (IMAGE plus binutils: the nbfed images strip their libraries in it).
 # Steps, each skipped when its result already exists:
-#   1. the image IMAGE exists                -> nothing to do
+#   1. the image IMAGE exists                -> go to 4
 #   2. build/base/rootfs.tar exists         -> docker import it (seconds)
 #   3. otherwise debootstrap --variant=minbase a rootfs (about a minute), tar it to
 #      build/base/rootfs.tar, then import.
+#   4. IMAGE-tools missing                  -> build it FROM IMAGE with apt-get install binutils
+#      (from the same Debian mirror; seconds).
 # Environment: NBFED_BUILD_DIR (default: <repo>/build), DEBIAN_MIRROR, DEBIAN_SUITE (bookworm),
 # FORCE=1 to re-import even if the image exists.
 # Needs root (debootstrap) and a Docker Engine (.ci/docker-engine starts one).
@@ -34,8 +37,23 @@ mirror=${DEBIAN_MIRROR:-$(host_mirror)}
 
 docker info >/dev/null 2>&1 || die "the Docker Engine does not answer; start it (as root: .ci/docker-engine)"
 
+tools=$image-tools
+# IMAGE plus binutils, for the nbfed images' strip stage (only the build uses it; nothing ships it)
+make_tools() {
+    if [ "${FORCE:-0}" != 1 ] && docker image inspect "$tools" >/dev/null 2>&1; then
+        say "$tools already exists; nothing to do"
+        return
+    fi
+    say "building $tools ($image + binutils)"
+    printf '%s\n' "FROM $image" \
+        "RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends binutils >/dev/null && rm -rf /var/lib/apt/lists/* && strip --version | head -n 1" |
+        { out=$(docker build -q -t "$tools" - 2>&1) || { printf '%s\n' "$out" >&2; die "building $tools failed (apt-get install binutils inside $image)"; }; }
+    say "$tools built ($(docker run --rm "$tools" strip --version | head -n 1))"
+}
+
 if [ "${FORCE:-0}" != 1 ] && docker image inspect "$image" >/dev/null 2>&1; then
-    say "$image already exists ($(docker image inspect --format '{{.Id}}' "$image" | cut -c1-19)); nothing to do"
+    say "$image already exists ($(docker image inspect --format '{{.Id}}' "$image" | cut -c1-19))"
+    make_tools
     exit 0
 fi
 
@@ -98,3 +116,4 @@ docker import \
     --message "nbfed base: debootstrap $suite minbase + python3" \
     "$cache" "$image" >/dev/null
 say "$image built ($(docker image inspect --format '{{.Size}}' "$image" | awk '{printf "%.0f MB", $1/1e6}'), $(docker run --rm "$image" python3 --version))"
+make_tools
