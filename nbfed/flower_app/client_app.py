@@ -30,9 +30,42 @@ class _Clock:
             self.seconds += time.perf_counter() - started
 
 
-def _with_global_weights(model, msg: Message, device: str):
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+def _global_model(msg: Message, config: dict, device: str, clock: _Clock) -> torch.nn.Module:
+    """The notebook's model holding the round's global weights.
+
+    Built on the meta device first: no memory is allocated and no weights are initialised only
+    to be overwritten, and the received tensors become the parameters without another copy
+    (for a VGG16-sized model that is 0.55 GB initialised and 0.55 GB copied less per message).
+    Models this cannot hold exactly are built as usual: build_model fails on meta tensors
+    (it computes with values), shares a parameter between layers (assigning would untie it),
+    or keeps a tensor the weights do not carry (left on the meta device).
+    """
+    state = msg.content["arrays"].to_torch_state_dict()
+    try:
+        with torch.device("meta"):
+            model = clock(task.build_model, config)
+    except Exception:  # noqa: BLE001 (any failure here means: build it the usual way)
+        model = None
+    if model is not None and _holds_exactly(model, state):
+        model.load_state_dict(state, assign=True)
+        if not any(t.is_meta for m in model.modules() for t in _tensors(m)):
+            return model.to(device)
+    model = clock(task.build_model, config)
+    model.load_state_dict(state)
     return model.to(device)
+
+
+def _holds_exactly(model: torch.nn.Module, state: dict) -> bool:
+    if not isinstance(model, torch.nn.Module):
+        return False
+    tied = len(list(model.named_parameters(remove_duplicate=False))) != len(list(model.parameters()))
+    return not tied and set(model.state_dict()) == set(state)
+
+
+def _tensors(module: torch.nn.Module):
+    yield from module.parameters(recurse=False)
+    yield from module.buffers(recurse=False)
+    yield from (v for v in vars(module).values() if isinstance(v, torch.Tensor))
 
 
 def _metrics(values: dict, fn: str, num_examples: int) -> MetricRecord:
@@ -67,7 +100,7 @@ def _reply(msg: Message, site: Site, metrics: MetricRecord, seconds: float, mode
 def train(msg: Message, context: Context) -> Message:
     site, config, clock = Site.from_context(context), notebook_config(context), _Clock()
     train_set, _ = clock(task.load_data, str(site.data_dir), config)
-    model = _with_global_weights(clock(task.build_model, config), msg, site.device)
+    model = _global_model(msg, config, site.device, clock)
     values = clock(task.train, model, train_set, config, site.device)
     return _reply(msg, site, _metrics(values, "train", len(train_set)), clock.seconds, model.to("cpu"))
 
@@ -76,6 +109,6 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     site, config, clock = Site.from_context(context), notebook_config(context), _Clock()
     _, test_set = clock(task.load_data, str(site.data_dir), config)
-    model = _with_global_weights(clock(task.build_model, config), msg, site.device)
+    model = _global_model(msg, config, site.device, clock)
     values = clock(task.evaluate, model, test_set, config, site.device)
     return _reply(msg, site, _metrics(values, "evaluate", len(test_set)), clock.seconds)
