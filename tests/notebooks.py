@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 
 import nbformat
 
@@ -65,3 +70,16 @@ def minimal_cells(**replace: str | None) -> list[tuple[str | None, str]]:
             source = replace[tag]
         cells.append((tag, source))
     return cells
+
+
+@contextmanager
+def generated_module(root: Path, module: str) -> Iterator[ModuleType]:
+    """A module (server_app, client_app, ...) of the Flower app generated from the minimal notebook."""
+    from nbfed.convert import convert
+
+    app = convert(write_notebook(root / "study.ipynb", minimal_cells()), root / "app")
+    sys.path.insert(0, str(app.root))
+    try:
+        yield importlib.import_module(f"{app.package}.{module}")
+    finally:
+        sys.path.remove(str(app.root))

@@ -4,27 +4,18 @@ hold the model exactly. Real torch models and Flower ArrayRecords; the message i
 
 from __future__ import annotations
 
-import importlib
-import sys
 from types import SimpleNamespace
 
 import pytest
 import torch
 from flwr.app import ArrayRecord
-from notebooks import minimal_cells, write_notebook
-
-from nbfed.convert import convert
+from notebooks import generated_module
 
 
 @pytest.fixture(scope="module")
 def client_app(tmp_path_factory):
-    root = tmp_path_factory.mktemp("app")
-    app = convert(write_notebook(root / "study.ipynb", minimal_cells()), root / "app")
-    sys.path.insert(0, str(app.root))
-    try:
-        yield importlib.import_module(f"{app.package}.client_app")
-    finally:
-        sys.path.remove(str(app.root))
+    with generated_module(tmp_path_factory.mktemp("app"), "client_app") as module:
+        yield module
 
 
 class Tied(torch.nn.Module):

@@ -4,26 +4,17 @@ the strategy here (logic only); tests/integration/test_reliability.py runs the r
 
 from __future__ import annotations
 
-import importlib
-import sys
 import time
 from types import SimpleNamespace
 
 import pytest
-from notebooks import minimal_cells, write_notebook
-
-from nbfed.convert import convert
+from notebooks import generated_module
 
 
 @pytest.fixture(scope="module")
 def server_app(tmp_path_factory):
-    root = tmp_path_factory.mktemp("app")
-    app = convert(write_notebook(root / "study.ipynb", minimal_cells()), root / "app")
-    sys.path.insert(0, str(app.root))
-    try:
-        yield importlib.import_module(f"{app.package}.server_app")
-    finally:
-        sys.path.remove(str(app.root))
+    with generated_module(tmp_path_factory.mktemp("app"), "server_app") as module:
+        yield module
 
 
 class Grid:

@@ -47,3 +47,17 @@ def test_with_a_zygote_the_shim_hands_over_its_arguments_and_returns(tmp_path) -
         server.join(10)
     assert done.returncode == 0, done.stderr
     assert got == [b"--token\0abc"]
+
+
+def test_the_supernode_announces_and_keeps_a_10_s_heartbeat(monkeypatch) -> None:
+    from flwr.common.constant import HEARTBEAT_MIN_INTERVAL
+    from flwr.supercore import heartbeat
+    from flwr.supernode import fleet_http_connection as connection
+
+    for module in (heartbeat, connection):  # restored after the test
+        monkeypatch.setattr(module, "HEARTBEAT_DEFAULT_INTERVAL", module.HEARTBEAT_DEFAULT_INTERVAL)
+    assert connection.HEARTBEAT_DEFAULT_INTERVAL == 30  # Flower's: SuperLink's patience is twice this
+    launcher.shorten_heartbeat(10.0)
+    # what ActivateNode announces and what the heartbeat thread's cadence is computed from
+    assert connection.HEARTBEAT_DEFAULT_INTERVAL == heartbeat.HEARTBEAT_DEFAULT_INTERVAL == 10.0
+    assert HEARTBEAT_MIN_INTERVAL <= 10.0  # SuperLink refuses shorter intervals
