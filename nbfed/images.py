@@ -56,6 +56,8 @@ BOOTSTRAP_BASE_IMAGE = "nbfed/base:bookworm"
 # The images' strip stage runs in a "tools image": the base's Debian release with binutils.
 # images/base/build.sh makes <base>-tools beside the base; python:X-slim-Y has python:X-Y.
 TOOLS_SUFFIX = "-tools"
+# torch dependencies the aggregator drops unless the notebook names them (images/aggregator/unneeded.py)
+AGGREGATOR_OPTIONAL = ("sympy", "mpmath", "networkx")
 FLAVOURS: tuple[str, ...] = ("cpu", "cuda")
 IMAGE_PREFIX = "nbfed"
 NONROOT_UID = 10001
@@ -186,6 +188,19 @@ def normalise_requirements(requirements: Iterable[str]) -> list[str]:
 
 def _canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _named(requirements: Iterable[str]) -> set[str]:
+    """The canonical project names that requirement lines name."""
+    from packaging.requirements import InvalidRequirement, Requirement  # noqa: PLC0415
+
+    names = set()
+    for line in normalise_requirements(requirements):
+        try:
+            names.add(_canonical(Requirement(line).name))
+        except InvalidRequirement:
+            pass  # pip reports it, with its line, when it resolves
+    return names
 
 
 def _sha256_file(path: Path) -> str:
@@ -654,16 +669,21 @@ def plan_images(
     proxy_args = {k: v for k, v in common.items() if k in ("BASE_IMAGE", "NBFED_VERSION", "SOURCE_URL")}
     specs.append(ImageSpec("proxy", f"{IMAGE_PREFIX}/proxy", proxy_tag, proxy_dir,
                            buildargs={**proxy_args, "CONTENT_TAG": proxy_tag}))
+    keep = " ".join(sorted(_named(requirements) & set(AGGREGATOR_OPTIONAL)))
     for kind, flavour in [("aggregator", "cpu"), *(("site", f) for f in flavours)]:
         dockerfile_dir = src / kind
         wheelhouse = wheelhouses["aggregator" if kind == "aggregator" else flavour]
         digest = lock_digest(wheelhouse)
+        args = {**common, "FLAVOUR": flavour, "LOCK_SHA256": digest}
+        if kind == "aggregator" and keep:
+            args["NBFED_KEEP"] = keep
         tag = content_tag(base_image_digest=base_digest, tools_image_digest=tools_digest,
-                          context_files=_context_files(dockerfile_dir), lock=digest, flavour=flavour)
+                          context_files=_context_files(dockerfile_dir), flavour=flavour,
+                          lock=digest + (f" keep={keep}" if "NBFED_KEEP" in args else ""))
         if kind == "site":
             tag = f"{tag}-{flavour}"
         specs.append(ImageSpec(kind, f"{IMAGE_PREFIX}/{kind}", tag, dockerfile_dir, flavour, wheelhouse,
-                               {**common, "FLAVOUR": flavour, "LOCK_SHA256": digest, "CONTENT_TAG": tag}))
+                               {**args, "CONTENT_TAG": tag}))
     return specs
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -175,6 +176,28 @@ def test_changed_requirements_change_the_tag(built_images, base_image, docker_ap
     same = images.plan_images(list(reversed(template_requirements())) + ["flwr>=1.0"], flavours=("cpu",),
                               base_image=base_image, build_dir=BUILD_DIR, console=_quiet(), **digests)
     assert {s.kind: s.tag for s in same} == {k: i.tag for k, i in built_images.items()}
+    # A notebook that imports sympy itself keeps it in the aggregator (its own tag); the sites
+    # install the same wheels as before (torch brings sympy), so their image is the same one.
+    named = {s.kind: s for s in images.plan_images(template_requirements() + ["sympy"], flavours=("cpu",),
+                                                   base_image=base_image, build_dir=BUILD_DIR, console=_quiet(),
+                                                   **digests)}
+    assert named["aggregator"].buildargs["NBFED_KEEP"] == "sympy"
+    assert named["aggregator"].tag != built_images["aggregator"].tag
+    assert named["site"].tag == built_images["site"].tag and "NBFED_KEEP" not in named["site"].buildargs
+
+
+@pytest.mark.parametrize(("keep", "kept"), [("sympy", {"sympy", "mpmath"}), ("networkx", {"networkx"}),
+                                            ("mpmath", {"mpmath"})])
+def test_the_aggregator_keeps_the_torch_dependencies_a_notebook_names(keep, kept):
+    # images/aggregator/unneeded.py against this venv's real package metadata (torch requires all three)
+    def unneeded(names: str) -> set[str]:
+        done = subprocess.run([sys.executable, str(images.images_dir() / "aggregator" / "unneeded.py")],
+                              capture_output=True, text=True, check=True, env={**os.environ, "NBFED_KEEP": names})
+        return set(done.stdout.split())
+
+    dropped = unneeded("")
+    assert dropped <= set(images.AGGREGATOR_OPTIONAL) and "sympy" in dropped  # nothing else here requires sympy
+    assert unneeded(keep) == dropped - kept
 
 
 def test_cpu_flavour_refuses_a_cuda_torch(tmp_path):
