@@ -674,12 +674,11 @@ def plan_images(
         dockerfile_dir = src / kind
         wheelhouse = wheelhouses["aggregator" if kind == "aggregator" else flavour]
         digest = lock_digest(wheelhouse)
-        args = {**common, "FLAVOUR": flavour, "LOCK_SHA256": digest}
-        if kind == "aggregator" and keep:
-            args["NBFED_KEEP"] = keep
+        kept = keep if kind == "aggregator" else ""  # what it keeps is part of what it installs
+        args = {**common, "FLAVOUR": flavour, "LOCK_SHA256": digest, **({"NBFED_KEEP": kept} if kept else {})}
         tag = content_tag(base_image_digest=base_digest, tools_image_digest=tools_digest,
                           context_files=_context_files(dockerfile_dir), flavour=flavour,
-                          lock=digest + (f" keep={keep}" if "NBFED_KEEP" in args else ""))
+                          lock=f"{digest} keep={kept}" if kept else digest)
         if kind == "site":
             tag = f"{tag}-{flavour}"
         specs.append(ImageSpec(kind, f"{IMAGE_PREFIX}/{kind}", tag, dockerfile_dir, flavour, wheelhouse,
