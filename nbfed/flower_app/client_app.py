@@ -40,7 +40,7 @@ def _global_model(msg: Message, config: dict, device: str, clock: _Clock) -> tor
     (it computes with values), shares a parameter between layers (assigning would untie it),
     or keeps a tensor the weights do not carry (left on the meta device).
     """
-    state = msg.content["arrays"].to_torch_state_dict()
+    state = msg.content["arrays"].to_torch_state_dict(keep_input=False)  # the message's copy goes
     try:
         with torch.device("meta"):
             model = clock(task.build_model, config)
