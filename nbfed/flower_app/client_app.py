@@ -47,7 +47,9 @@ def _global_model(msg: Message, config: dict, device: str, clock: _Clock) -> tor
     except Exception:  # noqa: BLE001 (any failure here means: build it the usual way)
         model = None
     if model is not None and _holds_exactly(model, state):
-        model.load_state_dict(state, assign=True)
+        # assigning keeps the received dtype: float16 transfers must still train in float32
+        expected = model.state_dict()
+        model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, assign=True)
         if not any(t.is_meta for m in model.modules() for t in _tensors(m)):
             return model.to(device)
     model = clock(task.build_model, config)

@@ -98,6 +98,21 @@ def test_a_model_the_meta_device_cannot_hold_is_built_as_usual(client_app, monke
         assert torch.equal(model.positions, torch.arange(4))
 
 
+def test_float16_weights_give_the_notebooks_float32_model(client_app, monkeypatch):
+    # nbfed.transfer-dtype = "float16": the model arrives at half the bytes, the site trains as built
+    build = frozen_first_layer
+    sent = {k: v.half() if v.is_floating_point() else v for k, v in build({}).state_dict().items()}
+    calls = []
+    monkeypatch.setattr(client_app.task, "build_model", lambda config: calls.append(1) or build(config))
+    msg = SimpleNamespace(content={"arrays": ArrayRecord({k: v.clone() for k, v in sent.items()})})
+    model = client_app._global_model(msg, {}, "cpu", client_app._Clock())
+    assert calls == [1]
+    for key, value in model.state_dict().items():
+        assert value.dtype == (torch.float32 if sent[key].is_floating_point() else sent[key].dtype), key
+        assert torch.equal(value, sent[key].to(value.dtype)), key
+    model(torch.ones(3, 4)).sum().backward()
+
+
 def test_weights_for_another_model_fail_as_load_state_dict_does(client_app, monkeypatch):
     sent = {"weight": torch.zeros(2, 4)}
     with pytest.raises(RuntimeError, match="bias"):
