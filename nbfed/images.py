@@ -596,32 +596,25 @@ def default_tools_image(base_image: str) -> str:
     return base_image + TOOLS_SUFFIX
 
 
-def base_image_digest(client: Any, base_image: str, *, what: str = "base") -> str:
+def base_image_digest(client: Any, base_image: str, *, role: str = "base image") -> str:
     """A digest of the base image's content (its layers and run config), for content tags.
 
     Not the image id: `docker import` of the same rootfs gives a new id every time (the
     creation time is part of it), while the layers, and so this digest, stay the same.
-    `what` ("base" or "tools") only words the error when the image is missing.
+    `role` names the image in the error when it is missing.
     """
-    info = _require_base(client, base_image, what)
+    info = _image_or_none(client, base_image)
+    if info is None:
+        raise ImagesError(
+            f"the {role} {base_image} is not on this Docker Engine. Pull it (`docker pull {base_image}`), "
+            f"or where no registry can be reached build the base and its tools image from Debian "
+            f"packages: `images/base/build.sh` (as root; makes {BOOTSTRAP_BASE_IMAGE} and "
+            f"{BOOTSTRAP_BASE_IMAGE + TOOLS_SUFFIX}) and pass base_image={BOOTSTRAP_BASE_IMAGE!r}."
+        )
     config = info.get("Config") or {}
     content = {"layers": (info.get("RootFS") or {}).get("Layers", []),
                **{k: config.get(k) for k in ("Env", "Cmd", "Entrypoint", "WorkingDir", "User")}}
     return "sha256:" + hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
-
-
-def _require_base(client: Any, image: str, what: str = "base") -> dict[str, Any]:
-    info = _image_or_none(client, image)
-    if info is None:
-        role = ("base image" if what == "base" else
-                "tools image (the base's Debian release with binutils, for stripping the libraries)")
-        raise ImagesError(
-            f"the {role} {image} is not on this Docker Engine. Pull it (`docker pull {image}`), or "
-            f"where no registry can be reached build the base and its tools image from Debian "
-            f"packages: `images/base/build.sh` (as root; makes {BOOTSTRAP_BASE_IMAGE} and "
-            f"{BOOTSTRAP_BASE_IMAGE + TOOLS_SUFFIX}) and pass base_image={BOOTSTRAP_BASE_IMAGE!r}."
-        )
-    return info
 
 
 def plan_images(
@@ -772,7 +765,8 @@ def build_images(
     client = docker_client()
     base_digest = base_image_digest(client, base_image)
     tools_image = tools_image or default_tools_image(base_image)
-    tools_digest = base_image_digest(client, tools_image, what="tools")
+    tools_digest = base_image_digest(client, tools_image, role="tools image (the base's Debian release with "
+                                     "binutils, for stripping the libraries)")
     specs = plan_images(requirements, flavours=flavours, base_image=base_image, base_digest=base_digest,
                         tools_image=tools_image, tools_digest=tools_digest, build_dir=build_dir,
                         labels=labels, torch_index_url=torch_index_url, console=console)
