@@ -5,7 +5,7 @@
     DIR/<package>/task.py           the exported cells, in notebook order
     DIR/<package>/client_app.py     train/evaluate at a site        (from nbfed/flower_app)
     DIR/<package>/server_app.py     strategy, rounds, results       (from nbfed/flower_app)
-    DIR/<package>/fedavg.py, recorder.py, settings.py, metrics.py   (glue, copied verbatim)
+    DIR/<package>/fedavg.py, recorder.py, ... metrics.py   (glue from nbfed/flower_app, copied verbatim)
 
 The output depends only on the notebook's bytes, so converting twice is byte-identical.
 """
@@ -28,7 +28,6 @@ from nbfed.contract import DEFAULT_REQUIREMENTS, FLWR_REQUIREMENT, TOOLKIT_KEY
 from nbfed.notebook import Notebook, read_notebook
 
 PACKAGE_DIR = Path(__file__).parent
-GLUE = ("client_app.py", "server_app.py", "fedavg.py", "recorder.py", "settings.py")
 # The toolkit's own run-config keys, overridable per run (`nbfed.min-sites=3`).
 TOOLKIT_DEFAULTS: dict[str, Any] = {
     "results-dir": "",  # empty: $NBFED_RESULTS_ROOT/run-<id> on the aggregator
@@ -135,9 +134,8 @@ def convert(notebook_path: Path | str, out_dir: Path | str) -> App:
     (out / "pyproject.toml").write_text(_env.get_template("pyproject.toml.j2").render(context))
     (pkg / "__init__.py").write_text(_env.get_template("__init__.py.j2").render(context))
     (pkg / "task.py").write_text(_env.get_template("task.py.j2").render(context))
-    for glue in GLUE:
-        source = (PACKAGE_DIR / "flower_app" / glue).read_text()
-        (pkg / glue).write_text(f"# {header}\n{source}")
+    for glue in sorted((PACKAGE_DIR / "flower_app").glob("*.py")):  # the app's glue, the same in every app
+        (pkg / glue.name).write_text(f"# {header}\n{glue.read_text()}")
     (pkg / "metrics.py").write_text(f"# {header}\n{(PACKAGE_DIR / 'metrics.py').read_text()}")
     return App(root=out, name=name, package=package, notebook=notebook, run_config=run_config, dependencies=deps)
 

@@ -154,7 +154,15 @@ def _round_line(event: dict[str, Any], num_rounds: int) -> str:
     )
     errors = f"  [red]{len(event['errors'])} site error(s)[/red]" if event.get("errors") else ""
     sites = ", ".join(event.get("sites", [])) or "none"
-    return f"round {event['round']}/{num_rounds}  {event['duration_s']:.1f} s  sites: {sites}  {shown}{errors}"
+    return f"round {event['round']}/{num_rounds}  {event['duration_s']:.1f} s  sites: {sites}  {shown}{errors}{_awaited(event)}"
+
+
+def _awaited(event: dict[str, Any]) -> str:
+    """A resumed round's wait for the sites to reconnect, when there was one."""
+    if not event.get("awaited"):
+        return ""
+    waits = ", ".join(f"{site} {'not back' if s is None else f'{s:.0f} s'}" for site, s in event["awaited"].items())
+    return f"  (waited for the sites to reconnect: {waits})"
 
 
 def follow(

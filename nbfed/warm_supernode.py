@@ -39,6 +39,7 @@ from pathlib import Path
 ZYGOTE_SOCKET = "NBFED_CLIENTAPP_ZYGOTE"  # env: the zygote's socket, for the flwr-clientapp shim
 FLOWER_CLIENTAPP = "NBFED_FLOWER_CLIENTAPP"  # env: Flower's own flwr-clientapp, the shim's fallback
 TESTED_FLWR = ("1.41.",)  # Flower versions whose SuperNode polling this file knows
+DEFAULT_HEARTBEAT_INTERVAL = "10"  # seconds (NBFED_HEARTBEAT_INTERVAL): SuperLink's minimum
 
 
 def log(message: str) -> None:
@@ -168,7 +169,7 @@ def main(argv: list[str]) -> None:
         os.environ.update({ZYGOTE_SOCKET: sock, FLOWER_CLIENTAPP: flower,
                            "PATH": f"{here / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"})
     shorten_polls(interval)
-    shorten_heartbeat(float(os.environ.get("NBFED_HEARTBEAT_INTERVAL", "10")))
+    shorten_heartbeat(float(os.environ.get("NBFED_HEARTBEAT_INTERVAL", DEFAULT_HEARTBEAT_INTERVAL)))
     from flwr.supernode.cli.flower_supernode import flower_supernode
 
     sys.argv = ["flower-supernode", *argv]

@@ -25,13 +25,13 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
 import torch
-from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, MetricRecord
 
 from .metrics import summarize_round
 
@@ -82,7 +82,8 @@ class Recorder:
         self.run = run
         self.rounds = rounds or []
         self.offset = len(self.rounds)  # rounds finished before this ServerApp started
-        self._current: dict[str, Any] = {}
+        self.current: dict[str, Any] = {}
+        self.awaited: dict[str, float | None] = {}
 
     @classmethod
     def start(cls, results_dir: Path, run: dict[str, Any]) -> "Recorder":
@@ -121,90 +122,32 @@ class Recorder:
         state = arrays.to_torch_state_dict()
         write_atomic(path, lambda f: torch.save(state, f))
 
-    # -- hooks into the strategy ---------------------------------------------------------
-    def instrument(self, strategy) -> None:
-        """Wrap the strategy's hooks to see every round's messages and replies, whatever the
-        strategy. A resumed run's rounds are numbered on from the checkpoint, for the strategy too."""
-        configure_train, aggregate_train = strategy.configure_train, strategy.aggregate_train
-        configure_evaluate, aggregate_evaluate = strategy.configure_evaluate, strategy.aggregate_evaluate
+    # -- what the strategy's hooks report (recording.RecordedStrategy) -----------------------
+    def begin_round(self, server_round: int) -> dict[str, Any]:
+        self.current = {"round": server_round, "started": time.time(), "sampled": [], "train": {},
+                        "evaluate": {}, "seconds": {}, "errors": {}, "missing": {}, "asked": {}, "answered": {}}
+        self.event("round_started", round=server_round)
+        return self.current
 
-        def on_configure_train(server_round, *args, **kwargs):
-            server_round += self.offset
-            self._current = {"round": server_round, "started": time.time(), "sampled": [], "train": {},
-                             "evaluate": {}, "seconds": {}, "errors": {}, "missing": {}, "asked": {}, "answered": {}}
-            self.event("round_started", round=server_round)
-            messages = list(configure_train(server_round, *args, **kwargs))
-            self._current["sampled"] = sorted(self._name(m.metadata.dst_node_id) for m in messages)
-            self._current["asked"]["train"] = messages
-            return messages
-
-        def on_aggregate_train(server_round, replies):
-            server_round += self.offset
-            result = aggregate_train(server_round, self._tap("train", replies, strategy))
-            if not self._current["train"]:
-                # fail fast: without one model there is nothing to average
-                why = "; ".join(f"{site}: {reason}" for site, reason in {**self._current["errors"], **self._current["missing"]}.items())
-                raise RuntimeError(f"round {server_round}: no site returned a model ({why or 'no site was asked'})")
-            return result
-
-        def on_configure_evaluate(server_round, *args, **kwargs):
-            # A site that did not answer this round's training is presumed gone: asking it to
-            # evaluate would only hold the round for another timeout. It is asked next round.
-            gone = {m.metadata.dst_node_id for m in self._current["asked"]["train"]} - self._current["answered"].get("train", set())
-            messages = [m for m in configure_evaluate(server_round + self.offset, *args, **kwargs)
-                        if m.metadata.dst_node_id not in gone]
-            self._current["asked"]["evaluate"] = messages
-            return messages
-
-        def on_aggregate_evaluate(server_round, replies):
-            return aggregate_evaluate(server_round + self.offset, self._tap("evaluate", replies, strategy))
-
-        strategy.configure_train, strategy.aggregate_train = on_configure_train, on_aggregate_train
-        strategy.configure_evaluate, strategy.aggregate_evaluate = on_configure_evaluate, on_aggregate_evaluate
-
-    def _name(self, node_id: int) -> str:
+    def site_of(self, node_id: int) -> str:
         """The site a node id belongs to, once it has answered; `node-<id>` before."""
         return next((site for site, node in self.run["sites"].items() if node == node_id), f"node-{node_id}")
 
-    def _tap(self, phase: str, replies: Iterable[Message], strategy) -> Iterable[Message]:
-        """The replies as the strategy gets them, each recorded on its way: one at a time to a
-        strategy that folds them (StreamingFedAvg), else all of them at once."""
-        answered = self._current["answered"].setdefault(phase, set())
-        asked = {m.metadata.message_id: m.metadata.dst_node_id for m in self._current["asked"].get(phase, [])}
+    def name_site(self, site: str, node_id: int) -> None:
+        if self.run["sites"].get(site) != node_id:
+            self.run["sites"] = dict(sorted({**self.run["sites"], site: node_id}.items()))
 
-        def record(msg: Message) -> None:
-            # (A reply SuperLink makes for a node, "Node Unavailable", comes from SuperLink's own
-            # node id: the message it answers names the node.)
-            node_id = asked.get(msg.metadata.reply_to_message_id, msg.metadata.src_node_id)
-            answered.add(node_id)
-            if msg.has_error():
-                self._current["errors"].setdefault(self._name(node_id), f"{phase}: {msg.error.reason.strip().splitlines()[-1]}")
-                return
-            site = str(msg.content["site"]["name"]) if "site" in msg.content else f"node-{node_id}"
-            if self.run["sites"].get(site) != node_id:
-                self.run["sites"] = dict(sorted({**self.run["sites"], site: node_id}.items()))
-            self._current[phase][site] = {k: v for k, v in msg.content["metrics"].items()}
-            if "seconds" in msg.content["site"]:
-                self._current["seconds"].setdefault(phase, {})[site] = round(float(msg.content["site"]["seconds"]), 3)
-
-        def tapped():
-            for msg in replies:
-                record(msg)
-                yield msg
-                del msg  # before the next reply is pulled
-            for node_id in set(asked.values()) - answered:
-                self._current["missing"].setdefault(self._name(node_id), f"{phase}: no reply within the round timeout")
-
-        if getattr(strategy, "folds_replies", False):
-            return tapped()
-        return list(tapped())
+    def sites_awaited(self, waited: dict[str, float | None]) -> None:
+        """A resumed run waited for its sites (seconds each took, None: not back): the next round's record says so."""
+        self.awaited = waited
+        self.event("sites_awaited", waited=waited)
 
     def end_of_round(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         """Strategy `evaluate_fn`: called with the new global model after each round."""
-        if server_round == 0 or not self._current:
+        if server_round == 0 or not self.current:
             return None
         server_round += self.offset
-        current = self._current
+        current = self.current
         duration = time.time() - current["started"]
         record = {
             "round": server_round,
@@ -224,6 +167,8 @@ class Recorder:
         for problems in ("errors", "missing"):
             if current[problems]:
                 record[problems] = current[problems]
+        if self.awaited:
+            record["awaited"], self.awaited = self.awaited, {}
         self.rounds.append(record)
         self._write_json("rounds.json", self.rounds)
         previous = checkpoints(self.dir)
@@ -239,8 +184,9 @@ class Recorder:
             sites=sorted(record["sites"]),
             pooled=record["pooled"],
             errors={**current["errors"], **current["missing"]},
+            awaited=record.get("awaited", {}),
         )
-        self._current = {}
+        self.current = {}
         return None
 
     def finish(self, arrays: ArrayRecord | None) -> None:

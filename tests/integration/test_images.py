@@ -77,7 +77,7 @@ def test_runs_as_uid_10001(built_images, docker_client, kind):
     assert _run_output(docker_client, image, "-u", entrypoint="id").strip() == "10001"
 
 
-@pytest.mark.parametrize(("kind", "entrypoint"), [("aggregator", ["flower-superlink"]),
+@pytest.mark.parametrize(("kind", "entrypoint"), [("aggregator", ["python", "-m", "nbfed.superlink_launcher"]),
                                                   ("site", ["python", "/opt/nbfed/warm_supernode.py"])])
 def test_flower_version_inside(built_images, docker_client, kind, entrypoint):
     info = docker_client.api.inspect_image(built_images[kind].ref)
