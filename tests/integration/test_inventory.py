@@ -10,8 +10,11 @@ touched. Runs that reach the host probes need a Docker Engine with Compose v2 he
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
+import socket
 from pathlib import Path
 
 import pytest
@@ -125,6 +128,26 @@ def test_local_inventory_without_data_says_how_to_make_it(docker_engine, tmp_pat
     assert "nbfed synth-data -o data/synthetic" in said, done.output
     assert_nothing_changed(done)
     assert not missing.exists()
+
+
+@pytest.mark.docker
+def test_a_port_the_aggregator_would_publish_that_is_taken_is_named_before_anything_changes(
+        docker_engine, site_data, tmp_path) -> None:
+    """Another program (here: this test) listens on the fleet port: preflight names the host, the
+    port, the process and the inventory variable to change, and changes nothing."""
+    with socket.socket() as holder:
+        holder.bind(("0.0.0.0", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        done = preflight("-i", "inventory/local", "-i", str(data_override(tmp_path, site_data)),
+                         "-e", json.dumps({"aggregator_port": port}))
+    assert done.returncode != 0, done.output
+    said = " ".join(done.output.split())
+    assert (f"Host local-aggregator: port {port} (aggregator_port), which the aggregator stack publishes, is "
+            f"already held by process ") in said, done.output
+    assert f"(pid {os.getpid()})" in said, done.output
+    assert "Set aggregator_port in the inventory to a free port on local-aggregator" in said, done.output
+    assert_nothing_changed(done)
 
 
 @pytest.mark.docker
