@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # elsewhere use BASE_IMAGE=python:3.11-slim-bookworm.
 BASE_IMAGE ?= nbfed/base:bookworm
 
-.PHONY: demo engine run-local test unit lint images dry-run clean
+.PHONY: demo down engine registry run-local test unit lint images dry-run clean
 
 $(BIN)/nbfed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,17 @@ $(DATA)/manifest.json: | $(BIN)/nbfed
 engine:
 	@docker info >/dev/null 2>&1 && docker compose version >/dev/null 2>&1 || bash .ci/docker-engine
 
+# Debian's docker-registry: the multi-host tests deliver images through it, as a consortium may.
+registry:
+	@command -v docker-registry >/dev/null 2>&1 || { apt-get update -qq \
+	  && apt-get install -y -qq --no-install-recommends docker-registry >/dev/null; }
+
 demo: engine $(BIN)/nbfed $(DATA)/manifest.json
 	$(BIN)/ansible-playbook deploy.yml -i inventory/local
+
+# Stop the demo's federation (its results, state and keys stay; add -e teardown_purge=true to remove them).
+down: $(BIN)/nbfed
+	$(BIN)/ansible-playbook playbooks/teardown.yml -i inventory/local
 
 # The same federation as plain processes on loopback (no Docker), with each site alone beside it.
 run-local: $(BIN)/nbfed $(DATA)/manifest.json
@@ -39,7 +48,7 @@ dry-run: images $(DATA)/manifest.json
 	docker compose -f compose/dry-run.yml up --exit-code-from runner
 	docker compose -f compose/dry-run.yml down --volumes
 
-test: $(BIN)/nbfed
+test: engine registry $(BIN)/nbfed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(BIN)/nbfed
