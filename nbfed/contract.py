@@ -1,4 +1,4 @@
-"""The notebook contract (DESIGN.md section 4) as data: tags, required functions, CONFIG rules.
+"""The notebook contract as data: tags, required functions, CONFIG rules.
 
 This is a public interface: notebooks written by others depend on it. Change it only
 additively (a new optional tag, a new optional function).
@@ -7,6 +7,12 @@ additively (a new optional tag, a new optional function).
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+# Run-config keys the toolkit itself owns (TOOLKIT_KEY: a notebook's CONFIG may not use this
+# top-level key), and the confusion counts that `evaluate` may return (pooled over sites): both
+# are owned by the modules that the generated app carries, and named here for the contract.
+from nbfed.flower_app.settings import TOOLKIT_KEY as TOOLKIT_KEY
+from nbfed.metrics import CONFUSION_KEYS as CONFUSION_KEYS
 
 
 @dataclass(frozen=True)
@@ -40,10 +46,6 @@ CODE_TAGS: tuple[str, ...] = tuple(t for t in TAGS if t != "requirements")
 
 CONFIG_NAME = "CONFIG"
 ROUNDS_KEY = "num_rounds"
-# Run-config keys the toolkit itself owns; a notebook's CONFIG may not use this top-level key.
-TOOLKIT_KEY = "nbfed"
-# Confusion counts that `evaluate` may return; the toolkit pools them over sites.
-CONFUSION_KEYS: tuple[str, ...] = ("tp", "fp", "tn", "fn")
 # Flower ships code, not packages: the toolkit pins flwr itself.
 FLWR_REQUIREMENT = "flwr==1.41.0"
 DEFAULT_REQUIREMENTS: tuple[str, ...] = ("torch>=2.4",)

@@ -25,19 +25,12 @@ import jinja2
 from nbfed import __version__
 from nbfed.check import check_or_raise
 from nbfed.contract import DEFAULT_REQUIREMENTS, FLWR_REQUIREMENT, TOOLKIT_KEY
+from nbfed.flower_app.settings import TOOLKIT_SETTINGS
 from nbfed.notebook import Notebook, read_notebook
 
 PACKAGE_DIR = Path(__file__).parent
-# The toolkit's own run-config keys, overridable per run (`nbfed.min-sites=3`).
-TOOLKIT_DEFAULTS: dict[str, Any] = {
-    "results-dir": "",  # empty: $NBFED_RESULTS_ROOT/run-<id> on the aggregator
-    "min-sites": 2,  # sites that must be connected before a round starts
-    "fraction-train": 1.0,  # fraction of connected sites sampled per round
-    "fraction-evaluate": 1.0,  # fraction asked to evaluate each round's model (0: training only)
-    "transfer-dtype": "float32",  # float16: the model travels at half the bytes (kept float32 here)
-    "round-timeout": 600.0,  # seconds a round waits for replies (and for min-sites to be online)
-    "resume": False,  # continue the run in results-dir from its last checkpoint
-}
+# The toolkit's own run-config keys, overridable per run (`nbfed.min-sites=3`), with their defaults.
+TOOLKIT_DEFAULTS: dict[str, Any] = {key: setting.default for key, setting in TOOLKIT_SETTINGS.items()}
 
 _env = jinja2.Environment(
     loader=jinja2.FileSystemLoader(PACKAGE_DIR / "templates"),

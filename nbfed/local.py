@@ -24,6 +24,7 @@ from typing import Any
 from rich.console import Console
 
 from nbfed.convert import App, toml_value
+from nbfed.flower_app.settings import majority
 from nbfed.submit import default_results_dir, prepare_run
 from nbfed.superlink import BIN, RunFailed, SuperLinkClient, follow
 
@@ -150,7 +151,9 @@ def run_local(
     """Convert, start the federation, run it to the end; returns the app and results dir."""
     console = console or Console()
     sites = find_sites(data_dir)
-    run = prepare_run(notebook, results or default_results_dir(notebook), {"nbfed.min-sites": len(sites), **(overrides or {})})
+    # The participation policy's default: a majority of the sites; the first round has them all.
+    policy = {"nbfed.min-sites": majority(len(sites)), "nbfed.expected-sites": len(sites)}
+    run = prepare_run(notebook, results or default_results_dir(notebook), {**policy, **(overrides or {})})
     console.print(f"[bold]{notebook.name}[/bold] -> {len(sites)} sites ({', '.join(sites)}), {run.num_rounds} rounds; results in {run.results}")
     with ExitStack() as stack:
         stack.enter_context(_interrupted_by(signal.SIGINT, signal.SIGTERM))

@@ -10,7 +10,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from . import task
-from .settings import Site, notebook_config
+from .settings import TRANSFER_DTYPE_KEY, Site, notebook_config
 
 app = ClientApp()
 
@@ -92,7 +92,7 @@ def _reply(msg: Message, site: Site, metrics: MetricRecord, seconds: float, mode
     if model is not None:
         state = model.state_dict()
         config = msg.content.config_records.get("config", {})
-        if config.get("nbfed-transfer-dtype") == "float16":  # the ServerApp asked for half the bytes
+        if config.get(TRANSFER_DTYPE_KEY) == "float16":  # the ServerApp asked for half the bytes
             state = {k: v.half() if v.dtype == torch.float32 else v for k, v in state.items()}
         content["arrays"] = ArrayRecord(state)
     return Message(content=content, reply_to=msg)

@@ -26,8 +26,9 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import validate_message_reply_consistency
 from flwr.supercore import log
 
+from .settings import TRANSFER_DTYPE_KEY
 
-TRANSFER_DTYPE = "nbfed-transfer-dtype"  # the train config key that asks sites for float16 replies
+
 TRANSFER_DTYPES = ("float32", "float16")
 
 
@@ -51,7 +52,7 @@ class StreamingFedAvg(FedAvg):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
         if self.transfer_dtype == "float16":
-            config[TRANSFER_DTYPE] = "float16"
+            config[TRANSFER_DTYPE_KEY] = "float16"
         return super().configure_train(server_round, self._outgoing(arrays), config, grid)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):

@@ -56,3 +56,16 @@ def await_sites(grid: Grid, sites: Mapping[str, int], timeout: float, interval: 
         if len(back) == len(sites) or waited >= timeout:
             return {site: back.get(site) for site in sites}
         time.sleep(interval)
+
+
+def await_site_count(grid: Grid, expected: int, timeout: float, interval: float = 0.5) -> dict[str, float | None]:
+    """Wait until `expected` sites are online, for at most `timeout` seconds (nbfed.expected-sites:
+    a launcher that starts every site lets the first round have them all). Returns the seconds
+    until the k-th site was online, as {"1 of 3": 0.0, ...}, None for those not online in time."""
+    started, seen = time.monotonic(), []
+    while True:
+        online, waited = len(list(grid.get_node_ids())), time.monotonic() - started
+        seen += [round(waited, 1)] * max(0, min(online, expected) - len(seen))
+        if len(seen) >= expected or waited >= timeout:
+            return {f"{k} of {expected}": seen[k - 1] if k <= len(seen) else None for k in range(1, expected + 1)}
+        time.sleep(interval)

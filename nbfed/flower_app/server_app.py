@@ -23,7 +23,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from . import NOTEBOOK, NOTEBOOK_SHA256, task
 from .fedavg import StreamingFedAvg
-from .participation import Quorum, await_sites
+from .participation import Quorum, await_site_count, await_sites
 from .recorder import Recorder
 from .recording import RecordedStrategy
 from .settings import notebook_config, toolkit
@@ -35,19 +35,19 @@ app = ServerApp()
 def _strategy(config: dict, context: Context):
     if hasattr(task, "build_strategy"):
         return task.build_strategy(config)
-    min_sites = toolkit(context, "min-sites", 2)
+    min_sites = toolkit(context, "min-sites")
     return StreamingFedAvg(
-        fraction_train=toolkit(context, "fraction-train", 1.0),
-        fraction_evaluate=toolkit(context, "fraction-evaluate", 1.0),
+        fraction_train=toolkit(context, "fraction-train"),
+        fraction_evaluate=toolkit(context, "fraction-evaluate"),
         min_train_nodes=min_sites,
         min_evaluate_nodes=min_sites,
         min_available_nodes=min_sites,
-        transfer_dtype=toolkit(context, "transfer-dtype", "float32"),
+        transfer_dtype=toolkit(context, "transfer-dtype"),
     )
 
 
 def _results_dir(context: Context) -> Path:
-    configured = toolkit(context, "results-dir", "")
+    configured = toolkit(context, "results-dir")
     if configured:
         return Path(configured)
     return Path(os.environ.get("NBFED_RESULTS_ROOT", "results")) / f"run-{context.run_id}"
@@ -57,8 +57,8 @@ def _results_dir(context: Context) -> Path:
 def main(grid: Grid, context: Context) -> None:
     config = notebook_config(context)
     num_rounds = int(config["num_rounds"])
-    timeout = toolkit(context, "round-timeout", 600.0)
-    if toolkit(context, "resume", False):
+    timeout = toolkit(context, "round-timeout")
+    if toolkit(context, "resume"):
         recorder, arrays = Recorder.resume(_results_dir(context), context.run_id)
     else:
         arrays, recorder = None, Recorder.start(
@@ -76,8 +76,10 @@ def main(grid: Grid, context: Context) -> None:
         torch.manual_seed(int(config.get("seed", 0)))
         arrays = ArrayRecord(task.build_model(config).state_dict())
     try:
-        if recorder.offset and recorder.run["sites"]:
+        if recorder.offset and recorder.run["sites"]:  # resumed: the interrupted run's sites, by node id
             recorder.sites_awaited(await_sites(grid, recorder.run["sites"], timeout))
+        elif expected := toolkit(context, "expected-sites"):
+            recorder.sites_awaited(await_site_count(grid, expected, timeout))
         strategy = RecordedStrategy(Quorum(_strategy(config, context), timeout), recorder)
         if num_rounds > recorder.offset:
             arrays = strategy.start(

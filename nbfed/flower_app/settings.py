@@ -1,14 +1,51 @@
-"""Settings the toolkit reads from Flower's run config and node config."""
+"""Settings the toolkit reads from Flower's run config and node config.
+
+This module owns the toolkit's run settings (`nbfed.<key>` in the run config): each one's
+default, type and meaning are defined here once. The generated app's pyproject.toml, the CLI
+(`--set nbfed.<key>=...`), the dry-run stack and the Ansible roles take them from here
+(tests/unit/test_settings.py fails when any of them disagrees).
+"""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from flwr.app import Context
+if TYPE_CHECKING:
+    from flwr.app import Context
 
-TOOLKIT_KEY = "nbfed"
+TOOLKIT_KEY = "nbfed"  # run-config keys the toolkit owns: nbfed.<key>; a notebook's CONFIG may not use it
+TRANSFER_DTYPE_KEY = "nbfed-transfer-dtype"  # the train config key by which the ServerApp asks for float16 replies
+
+
+@dataclass(frozen=True)
+class Setting:
+    default: bool | int | float | str
+    meaning: str
+    variable: str = ""  # the inventory variable that sets it for deploy.yml and run.yml, if any
+
+
+TOOLKIT_SETTINGS: dict[str, Setting] = {
+    "min-sites": Setting(
+        2, "sites online before a round starts, the quorum (a launcher that knows the sites passes a majority)",
+        "nbfed_min_sites"),
+    "expected-sites": Setting(
+        0, "sites the first round waits for, up to the round timeout, before it goes on with the quorum (0: none)"),
+    "fraction-train": Setting(1.0, "fraction of the online sites sampled to train each round", "nbfed_fraction_train"),
+    "fraction-evaluate": Setting(1.0, "fraction asked to evaluate each round's model (0: training only)"),
+    "transfer-dtype": Setting("float32", "float16: the model travels at half the bytes both ways (kept float32)"),
+    "round-timeout": Setting(
+        1800.0, "seconds a round waits for replies, and for the quorum to be online", "nbfed_round_timeout"),
+    "results-dir": Setting("", "where the ServerApp writes the run's results (empty: $NBFED_RESULTS_ROOT/run-<id>)"),
+    "resume": Setting(False, "continue the run in results-dir from its last checkpoint"),
+}
+
+
+def majority(sites: int) -> int:
+    """The default quorum (nbfed.min-sites) of a federation of `sites` sites."""
+    return sites // 2 + 1
 
 
 def notebook_config(context: Context) -> dict:
@@ -30,9 +67,10 @@ def nested_config(run_config: dict) -> dict:
     return nested
 
 
-def toolkit(context: Context, key: str, default):
-    value = context.run_config.get(f"{TOOLKIT_KEY}.{key}", default)
-    return type(default)(value)
+def toolkit(context: Context, key: str):
+    """The run's value of toolkit setting `key` (nbfed.<key>), of its default's type."""
+    default = TOOLKIT_SETTINGS[key].default
+    return type(default)(context.run_config.get(f"{TOOLKIT_KEY}.{key}", default))
 
 
 class SiteDataError(RuntimeError):
