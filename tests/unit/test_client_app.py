@@ -13,8 +13,9 @@ from notebooks import generated_module
 
 
 @pytest.fixture(scope="module")
-def client_app(tmp_path_factory):
-    with generated_module(tmp_path_factory.mktemp("app"), "client_app") as module:
+def model_path(tmp_path_factory):
+    """The generated app's global_model module (the ClientApp's model handling)."""
+    with generated_module(tmp_path_factory.mktemp("app"), "global_model") as module:
         yield module
 
 
@@ -50,21 +51,21 @@ def frozen_first_layer(_config):
     return model
 
 
-def _receive(client_app, monkeypatch, build, *, sent=None):
+def _receive(model_path, monkeypatch, build, *, sent=None):
     """The model the ClientApp trains for a message carrying `sent` (default: a fresh build's
     weights plus one), and how many times it called build_model."""
     calls = []
-    monkeypatch.setattr(client_app.task, "build_model", lambda config: calls.append(1) or build(config))
+    monkeypatch.setattr(model_path.task, "build_model", lambda config: calls.append(1) or build(config))
     if sent is None:
         sent = {k: v + 1 if v.is_floating_point() else v + 3 for k, v in build({}).state_dict().items()}
     msg = SimpleNamespace(content={"arrays": ArrayRecord({k: v.clone() for k, v in sent.items()})})
-    clock = client_app._Clock()
-    model = client_app._global_model(msg, {}, "cpu", clock)
+    clock = model_path.Clock()
+    model = model_path.global_model(msg, {}, "cpu", clock)
     received = model.state_dict()
     assert set(received) == set(sent)
     for key, value in sent.items():
         assert torch.equal(received[key], value), key
-    assert not any(t.is_meta for m in model.modules() for t in client_app._tensors(m))
+    assert not any(t.is_meta for m in model.modules() for t in model_path._tensors(m))
     assert clock.seconds > 0
     return model, len(calls)
 
@@ -72,8 +73,8 @@ def _receive(client_app, monkeypatch, build, *, sent=None):
 @pytest.mark.parametrize("build", [lambda c: torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)),
                                    sized_from_a_forward_pass, frozen_first_layer],
                          ids=["plain", "sized-by-a-forward-pass", "frozen-layer-and-batchnorm"])
-def test_a_model_the_weights_describe_is_built_once_on_the_meta_device(client_app, monkeypatch, build):
-    model, builds = _receive(client_app, monkeypatch, build)
+def test_a_model_the_weights_describe_is_built_once_on_the_meta_device(model_path, monkeypatch, build):
+    model, builds = _receive(model_path, monkeypatch, build)
     assert builds == 1
     # it trains: real tensors, gradients where the notebook wants them and nowhere else
     model.train()
@@ -87,8 +88,8 @@ def test_a_model_the_weights_describe_is_built_once_on_the_meta_device(client_ap
 @pytest.mark.parametrize("build", [Tied, WithTensorAttribute, WithNonPersistentBuffer,
                                    lambda c: torch.nn.Linear(int(torch.tensor(4.0).item()), 2)],
                          ids=["tied-weights", "tensor-attribute", "non-persistent-buffer", "item-in-build"])
-def test_a_model_the_meta_device_cannot_hold_is_built_as_usual(client_app, monkeypatch, build):
-    model, builds = _receive(client_app, monkeypatch, lambda c: build() if isinstance(build, type) else build(c))
+def test_a_model_the_meta_device_cannot_hold_is_built_as_usual(model_path, monkeypatch, build):
+    model, builds = _receive(model_path, monkeypatch, lambda c: build() if isinstance(build, type) else build(c))
     assert builds == 2
     if isinstance(model, Tied):
         assert model.b.weight is model.a.weight  # still one parameter, as the notebook built it
@@ -98,14 +99,14 @@ def test_a_model_the_meta_device_cannot_hold_is_built_as_usual(client_app, monke
         assert torch.equal(model.positions, torch.arange(4))
 
 
-def test_float16_weights_give_the_notebooks_float32_model(client_app, monkeypatch):
+def test_float16_weights_give_the_notebooks_float32_model(model_path, monkeypatch):
     # nbfed.transfer-dtype = "float16": the model arrives at half the bytes, the site trains as built
     build = frozen_first_layer
     sent = {k: v.half() if v.is_floating_point() else v for k, v in build({}).state_dict().items()}
     calls = []
-    monkeypatch.setattr(client_app.task, "build_model", lambda config: calls.append(1) or build(config))
+    monkeypatch.setattr(model_path.task, "build_model", lambda config: calls.append(1) or build(config))
     msg = SimpleNamespace(content={"arrays": ArrayRecord({k: v.clone() for k, v in sent.items()})})
-    model = client_app._global_model(msg, {}, "cpu", client_app._Clock())
+    model = model_path.global_model(msg, {}, "cpu", model_path.Clock())
     assert calls == [1]
     for key, value in model.state_dict().items():
         assert value.dtype == (torch.float32 if sent[key].is_floating_point() else sent[key].dtype), key
@@ -113,7 +114,7 @@ def test_float16_weights_give_the_notebooks_float32_model(client_app, monkeypatc
     model(torch.ones(3, 4)).sum().backward()
 
 
-def test_weights_for_another_model_fail_as_load_state_dict_does(client_app, monkeypatch):
+def test_weights_for_another_model_fail_as_load_state_dict_does(model_path, monkeypatch):
     sent = {"weight": torch.zeros(2, 4)}
     with pytest.raises(RuntimeError, match="bias"):
-        _receive(client_app, monkeypatch, lambda c: torch.nn.Linear(4, 2), sent=sent)
+        _receive(model_path, monkeypatch, lambda c: torch.nn.Linear(4, 2), sent=sent)

@@ -22,7 +22,7 @@ def test_layout_and_pyproject(notebook, tmp_path):
     app = convert(notebook, tmp_path / "app")
     assert (app.name, app.package) == ("my-study", "my_study_app")
     files = sorted(p.name for p in (tmp_path / "app" / "my_study_app").iterdir())
-    assert files == ["__init__.py", "client_app.py", "fedavg.py", "metrics.py", "participation.py", "recorder.py",
+    assert files == ["__init__.py", "client_app.py", "fedavg.py", "global_model.py", "metrics.py", "participation.py", "recorder.py",
                      "recording.py", "server_app.py", "settings.py", "task.py", "wrappers.py"]
     project = tomllib.loads((tmp_path / "app" / "pyproject.toml").read_text())
     flwr_app = project["tool"]["flwr"]["app"]

@@ -98,3 +98,11 @@ def test_a_timeout_returns_the_replies_that_came(wrappers) -> None:
     started = time.monotonic()
     assert [r.metadata.reply_to_message_id for r in grid.send_and_receive(["a", "b"], timeout=0.3)] == ["m0"]
     assert 0.3 <= time.monotonic() - started < 1
+
+
+def test_a_first_round_waits_for_the_sites_its_launcher_started(participation) -> None:
+    grid = Grid(online=3, back_at={2: 0.3})
+    waited = participation.await_site_count(grid, 3, timeout=5, interval=0.05)
+    assert list(waited) == ["1 of 3", "2 of 3", "3 of 3"]
+    assert waited["1 of 3"] == waited["2 of 3"] == 0 and 0.3 <= waited["3 of 3"] < 1, waited
+    assert participation.await_site_count(Grid(online=1), 2, timeout=0.2, interval=0.05) == {"1 of 2": 0, "2 of 2": None}
