@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 from deploy import machine, playbook, stages, until  # noqa: E402  (bench/deploy.py)
 from harness import Hosts, group_vars, host_image  # noqa: E402
-from round_overhead import num_params  # noqa: E402
+from overhead_run import num_params  # noqa: E402  (bench/overhead_run.py)
 
 NOTEBOOK = ROOT / "bench" / "notebooks" / "overhead.ipynb"
 WIDTH = 1000  # the notebook's layer_width

@@ -27,7 +27,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from round_overhead import machine, spread  # bench/round_overhead.py
+from overhead_summary import machine, spread  # bench/overhead_summary.py
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -40,6 +40,11 @@ def _quiet() -> Console:
     return Console(stderr=True, width=120)
 
 
+def _wheelhouses(requirements: list[str]) -> images.Wheelhouses:
+    """The cpu wheelhouses for `requirements`: planning needs them prepared (it downloads nothing)."""
+    return images.prepare_wheelhouses(requirements, ("cpu",), BUILD_DIR, console=_quiet())
+
+
 def _run_healthcheck(container) -> int:
     """Run the image's HEALTHCHECK command inside the running container; its exit code."""
     test = container.client.api.inspect_image(container.image.id)["Config"]["Healthcheck"]["Test"]
@@ -167,20 +172,19 @@ def test_second_build_rebuilds_nothing(built_images, base_image):
 def test_changed_requirements_change_the_tag(built_images, base_image, docker_api):
     digests = {"base_digest": images.base_image_digest(docker_api, base_image),
                "tools_digest": images.base_image_digest(docker_api, images.default_tools_image(base_image))}
-    specs = images.plan_images(template_requirements() + ["six==1.17.0"], flavours=("cpu",), base_image=base_image,
-                               build_dir=BUILD_DIR, console=_quiet(), **digests)
+    specs = images.plan_images(_wheelhouses(template_requirements() + ["six==1.17.0"]), base_image=base_image,
+                               **digests)
     tags = {s.kind: s.tag for s in specs}
     assert tags["aggregator"] != built_images["aggregator"].tag
     assert tags["site"] != built_images["site"].tag and tags["site"].endswith("-cpu")
     assert tags["proxy"] == built_images["proxy"].tag  # the proxy has no Python dependencies
-    same = images.plan_images(list(reversed(template_requirements())) + ["flwr>=1.0"], flavours=("cpu",),
-                              base_image=base_image, build_dir=BUILD_DIR, console=_quiet(), **digests)
+    same = images.plan_images(_wheelhouses(list(reversed(template_requirements())) + ["flwr>=1.0"]),
+                              base_image=base_image, **digests)
     assert {s.kind: s.tag for s in same} == {k: i.tag for k, i in built_images.items()}
     # A notebook that imports sympy itself keeps it in the aggregator (its own tag); the sites
     # install the same wheels as before (torch brings sympy), so their image is the same one.
-    named = {s.kind: s for s in images.plan_images(template_requirements() + ["sympy"], flavours=("cpu",),
-                                                   base_image=base_image, build_dir=BUILD_DIR, console=_quiet(),
-                                                   **digests)}
+    named = {s.kind: s for s in images.plan_images(_wheelhouses(template_requirements() + ["sympy"]),
+                                                   base_image=base_image, **digests)}
     assert named["aggregator"].buildargs["NBFED_KEEP"] == "sympy"
     assert named["aggregator"].tag != built_images["aggregator"].tag
     assert named["site"].tag == built_images["site"].tag and "NBFED_KEEP" not in named["site"].buildargs
