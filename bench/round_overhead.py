@@ -11,7 +11,7 @@ with `flwr run` by the same client and followed through the events file its Serv
 Each repetition runs every app in turn.
 
   raw         raw Flower: the anchor's app (--anchor, default $NBFED_RAW_FLOWER_ANCHOR or
-              /work/shared/anchors/raw-flower) on Flower's own SuperNodes. FedAvg that only
+              bench/raw_flower, Flower 1.41 by hand) on Flower's own SuperNodes. FedAvg that only
               trains; its ClientApp adds 1e-6 x (partition-id + 1) to every weight. Round:
               configure_train to the end of aggregate_train, from its events.
   nbfed       bench/notebooks/overhead.ipynb, converted and run as `nbfed run-local` runs it, on
@@ -36,7 +36,7 @@ makes, and peak RSS of the SuperLink tree (SuperLink, SuperExec, ServerApp; the 
 too) and of each SuperNode tree (SuperNode, SuperExec, ClientApps), from /proc every 0.2 s.
 
 --nodes takes several counts (scaling: round time and memory against the number of sites).
-Without the anchor directory only nbfed runs. --smoke: 100 k parameters, 2 nodes, 1 round,
+Where --anchor holds no app/, only nbfed runs. --smoke: 100 k parameters, 2 nodes, 1 round,
 1 run, raw and nbfed; keeps the script working in CI, measures nothing.
 """
 
@@ -74,7 +74,7 @@ from nbfed.superlink import RunFailed, SuperLinkClient
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "bench" / "notebooks" / "overhead.ipynb"
-ANCHOR = Path(os.environ.get("NBFED_RAW_FLOWER_ANCHOR", "/work/shared/anchors/raw-flower"))
+ANCHOR = Path(os.environ.get("NBFED_RAW_FLOWER_ANCHOR", ROOT / "bench" / "raw_flower"))
 TRAIN_ONLY = {"nbfed.fraction-evaluate": 0.0}
 
 
@@ -111,6 +111,12 @@ def machine() -> dict:
             # the machine may be shared: the load before the first run says how busy it was
             "load_average": [round(x, 2) for x in os.getloadavg()],
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def repo_path(path: Path) -> str:
+    """`path` as results record it: relative to the repository when inside it, so results name no machine's paths."""
+    path = path.resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def num_params(params: int, width: int) -> int:
@@ -239,7 +245,7 @@ def wait_until(finished: Callable[[list[dict]], bool], events: Path, fed: LocalF
 def run_raw(client: SuperLinkClient, fed: LocalFederation, watch: ProcessWatch, work: Path, args, nodes: int) -> list[tuple[float, float]]:
     """Run the anchor's app to the end; (start, end) of every round."""
     app = shutil.copytree(args.anchor / "app", work / "app", ignore=shutil.ignore_patterns("__pycache__"))
-    for path in [app, *app.rglob("*")]:  # the anchor's files are read-only; these are ours to delete
+    for path in [app, *app.rglob("*")]:  # an anchor elsewhere may be read-only; this copy is ours to delete
         path.chmod(path.stat().st_mode | 0o200)
     events = work / "events.jsonl"
     settings = {"num-server-rounds": args.rounds, "num-params": args.params, "layer-width": args.width,
@@ -428,7 +434,7 @@ def main() -> None:
     results = {"command": " ".join(["bench/round_overhead.py", *sys.argv[1:]]), "machine": machine(),
                "settings": {"params": num_params(args.params, args.width), "params_requested": args.params,
                             "width": args.width, "nodes": args.nodes, "rounds": args.rounds, "runs": args.runs,
-                            "smoke": args.smoke, "apps": apps, "anchor": str(args.anchor) if "raw" in apps else None},
+                            "smoke": args.smoke, "apps": apps, "anchor": repo_path(args.anchor) if "raw" in apps else None},
                "runs": []}
     work = Path(tempfile.mkdtemp(prefix="nbfed-round-overhead-"))
     try:
