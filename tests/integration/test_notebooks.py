@@ -1,7 +1,7 @@
 """The shipped notebooks (notebook/template.ipynb, notebook/pathology.ipynb).
 
 Fast tests read the notebooks: format, tags, the tagged cells against the notebook
-contract (DESIGN.md section 4), and the contract's functions called on a tiny dataset
+contract (docs/architecture.md), and the contract's functions called on a tiny dataset
 with only the tagged cells loaded, as the converter exports them. Slow tests run each
 notebook top to bottom in a Jupyter kernel of this interpreter, as a user would.
 """
@@ -27,7 +27,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = {name: ROOT / "notebook" / f"{name}.ipynb" for name in ("template", "pathology")}
 
-# DESIGN.md section 4, written out here so that the test states the public interface.
+# The notebook contract (docs/architecture.md), written out here so that the test states the public interface.
 CONTRACT_TAGS = {"requirements", "config", "helpers", "data", "model", "train", "evaluate", "strategy"}
 REQUIRED_TAGS = {"config", "data", "model", "train", "evaluate"}
 SIGNATURES = {
