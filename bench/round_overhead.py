@@ -46,7 +46,6 @@ import argparse
 import io
 import json
 import os
-import platform
 import shutil
 import signal
 import statistics
@@ -58,14 +57,14 @@ from collections import defaultdict
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from importlib.metadata import version
 from pathlib import Path
 
 import nbformat
 from rich import box
 from rich.console import Console
 from rich.table import Table
+
+from common import machine  # bench/common.py
 
 from nbfed.convert import toml_value
 from nbfed.local import LocalFederation, find_sites
@@ -101,16 +100,6 @@ DEFAULT_APPS = ["raw", "nbfed", "nbfed-train", "nbfed-train-flower-supernode"]
 MIN_AVAILABLE_KIB = 1_500_000  # stop a run before the host runs out of memory, as the anchor does
 QUIET_S = 30  # ask SuperLink about a run only when its events file stays quiet this long
 console = Console(width=None if sys.stdout.isatty() else 200)  # a log gets the whole table
-
-
-def machine() -> dict:
-    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
-    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), platform.processor())
-    return {"cpus": os.cpu_count(), "cpu": cpu, "memory_mib": int(Path("/proc/meminfo").read_text().split()[1]) // 1024,
-            "python": platform.python_version(), "flwr": version("flwr"), "torch": version("torch"),
-            # the machine may be shared: the load before the first run says how busy it was
-            "load_average": [round(x, 2) for x in os.getloadavg()],
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
 def repo_path(path: Path) -> str:
@@ -431,7 +420,7 @@ def main() -> None:
     if "raw" in apps and not (args.anchor / "app" / "pyproject.toml").is_file():
         console.print(f"[yellow]no raw-Flower anchor at {args.anchor} (--anchor or NBFED_RAW_FLOWER_ANCHOR): nbfed only[/yellow]")
         apps.remove("raw")
-    results = {"command": " ".join(["bench/round_overhead.py", *sys.argv[1:]]), "machine": machine(),
+    results = {"command": " ".join(["bench/round_overhead.py", *sys.argv[1:]]), "machine": machine(flower=True, load=True),
                "settings": {"params": num_params(args.params, args.width), "params_requested": args.params,
                             "width": args.width, "nodes": args.nodes, "rounds": args.rounds, "runs": args.runs,
                             "smoke": args.smoke, "apps": apps, "anchor": repo_path(args.anchor) if "raw" in apps else None},

@@ -27,7 +27,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from round_overhead import machine, spread  # bench/round_overhead.py
+from common import machine  # bench/common.py
+from round_overhead import spread  # bench/round_overhead.py
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -80,7 +81,7 @@ def main() -> None:
     model_bytes, moved = rounds[0]["model_bytes"], rounds[0]["bytes_moved"]
     summary["overhead_share"] = round(summary["overhead_s"]["median"] / summary["duration_s"]["median"], 3)
     summary["mb_per_s_over_overhead"] = round(moved / 1e6 / summary["overhead_s"]["median"], 2)
-    results = {"machine": machine(), "smoke": args.smoke, "scale": args.scale, "rounds": args.rounds,
+    results = {"machine": machine(flower=True, load=True), "smoke": args.smoke, "scale": args.scale, "rounds": args.rounds,
                "model_bytes": model_bytes, "bytes_moved_per_round": moved, "summary": summary, "runs": runs}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
