@@ -22,7 +22,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import re
 import shutil
 import time
 from collections.abc import Callable, Iterable
@@ -33,10 +32,7 @@ from typing import IO, Any
 import torch
 from flwr.app import ArrayRecord, Message, MetricRecord
 
-from .metrics import summarize_round
-
-CHECKPOINT = re.compile(r"round-(\d+)\.pt")
-
+from .metrics import checkpoint_path, checkpoints, summarize_round
 
 class ResultsDiskFull(OSError):
     """The aggregator's results volume is full; what was there before is intact."""
@@ -66,12 +62,6 @@ def write_atomic(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
                 "replaced. Free space there, then resume the run from its last checkpoint",
             ) from None
         raise
-
-
-def checkpoints(results_dir: Path) -> dict[int, Path]:
-    """The checkpoints in a results directory, by round."""
-    found = (CHECKPOINT.fullmatch(p.name) for p in (results_dir / "checkpoints").glob("round-*.pt"))
-    return {int(m.group(1)): results_dir / "checkpoints" / m.group(0) for m in found if m}
 
 
 class Recorder:
@@ -227,7 +217,7 @@ class Recorder:
         self.rounds.append(record)
         self._write_json("rounds.json", self.rounds)
         previous = checkpoints(self.dir)
-        self._save_model(arrays, self.dir / "checkpoints" / f"round-{server_round}.pt")
+        self._save_model(arrays, checkpoint_path(self.dir, server_round))
         for round_, path in previous.items():
             if round_ != server_round:
                 path.unlink(missing_ok=True)
