@@ -1,4 +1,4 @@
-"""The compose stacks: the TLS dry run completes a federation; sites are hardened; GPU renders.
+"""The compose stacks: the TLS dry run completes a federation; sites are hardened.
 
 The dry run is the real thing on one machine: SuperLink with TLS, node authentication
 and SQLite state behind the fleet-only proxy, three SuperNodes with their own keys on
@@ -117,17 +117,6 @@ def test_unregistered_node_is_refused(dry_run, docker_client, built_images):
     finally:
         intruder.remove(force=True)
     assert exit_code != 0 and "Failed to activate SuperNode" in output
-
-
-def test_gpu_variant_renders_the_device_reservation(tmp_path):
-    env = tmp_path / ".env"
-    env.write_text("NBFED_SITE_IMAGE=nbfed/site:x-cuda\nNBFED_SITE=site-a\n")
-    cpu = compose("-f", str(COMPOSE / "site.yml"), "config", "--format", "json", env_file=env)
-    gpu = compose("-f", str(COMPOSE / "site.yml"), "-f", str(COMPOSE / "site.gpu.yml"), "config", "--format", "json", env_file=env)
-    assert cpu.returncode == 0 and gpu.returncode == 0, cpu.stderr + gpu.stderr
-    assert "deploy" not in json.loads(cpu.stdout)["services"]["supernode"]
-    devices = json.loads(gpu.stdout)["services"]["supernode"]["deploy"]["resources"]["reservations"]["devices"]
-    assert devices == [{"driver": "nvidia", "count": -1, "capabilities": ["gpu"]}]
 
 
 def test_notebook_code_edit_rebuilds_no_image(built_images, base_image, tmp_path):
