@@ -10,7 +10,7 @@ import os
 import platform
 import statistics
 import subprocess
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 
@@ -31,7 +31,7 @@ def machine(*, flower: bool = False, docker: bool = False, load: bool = False, *
                                          capture_output=True, text=True).stdout.strip()
     if load:
         found["load_average"] = [round(x, 2) for x in os.getloadavg()]
-    return {**found, **extra, "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    return {**found, **extra, "date": datetime.now(UTC).isoformat(timespec="seconds")}
 
 
 def summary(values: list[float], digits: int = 2) -> dict:

@@ -32,10 +32,10 @@ import time
 from pathlib import Path
 
 import nbformat
+from common import machine, summary  # bench/common.py
 from rich.console import Console
 from rich.table import Table
 
-from common import machine, summary  # bench/common.py
 from nbfed.local import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,7 +75,7 @@ def stages(output: str, total: float) -> dict[str, float]:
     plays = [(h[6:-1], t) for h, t in timeline(output) if h.startswith("PLAY [")]
     ends = [t for _, t in plays[1:]] + [total]
     out: dict[str, float] = {}
-    for (name, start), end in zip(plays, ends):
+    for (name, start), end in zip(plays, ends, strict=True):
         out[name] = out.get(name, 0.0) + end - start
     return out
 

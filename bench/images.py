@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Image sizes and build times (issue 7, items 1 and 2).
 
-    .venv/bin/python bench/images.py [--runs 3] [--flavour cpu --flavour cuda] [--out bench/results/images.json] [--smoke]
+    .venv/bin/python bench/images.py [--runs 3] [--flavour cpu --flavour cuda]
+        [--out bench/results/images.json] [--smoke]
 
 For the template notebook's requirements, --runs times each:
 
@@ -29,10 +30,9 @@ import time
 from pathlib import Path
 
 import nbformat
+from common import machine, summary  # bench/common.py
 from rich.console import Console
 from rich.table import Table
-
-from common import machine, summary  # bench/common.py
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -60,11 +60,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import nbformat
+from common import machine  # bench/common.py
 from rich import box
 from rich.console import Console
 from rich.table import Table
-
-from common import machine  # bench/common.py
 
 from nbfed.convert import toml_value
 from nbfed.local import LocalFederation, find_sites
@@ -257,7 +256,8 @@ def with_flower_fedavg(work: Path, nodes: int) -> Path:
     cell = nbformat.v4.new_code_cell(
         "def build_strategy(config: dict):\n"
         "    from flwr.serverapp.strategy import FedAvg\n\n"
-        f"    return FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes={nodes}, min_available_nodes={nodes})\n",
+        "    return FedAvg(fraction_train=1.0, fraction_evaluate=0.0, "
+        f"min_train_nodes={nodes}, min_available_nodes={nodes})\n",
         id="strategy")
     cell.metadata["tags"] = ["strategy"]
     notebook.cells.append(cell)
@@ -306,7 +306,7 @@ def run_once(app: str, nodes: int, work: Path, args) -> dict:
         "nodes": nodes,
         "startup_s": round(rounds[0][1] - t0, 3),
         "rounds_s": [round(end - start, 3) for start, end in rounds],
-        "between_rounds_s": [round(start - end, 3) for (_, end), (start, _) in zip(rounds, rounds[1:])],
+        "between_rounds_s": [round(start - end, 3) for (_, end), (start, _) in zip(rounds, rounds[1:], strict=False)],
         "peak_rss_mib": {"superlink_tree": kib["superlink"] // 1024, "serverapp": watch.serverapp_kib // 1024,
                          "supernode_trees": [kib[name] // 1024 for name in kib if name != "superlink"]},
         "clientapp_lifetimes_s": watch.clientapp_lifetimes(),
@@ -366,6 +366,22 @@ def table(summaries: list[dict], args, markdown: bool = False) -> Table:
     return out
 
 
+# What the markdown says under the table (flush left, so each line stays as it is written out).
+NOTES = """\
+- Raw Flower's round is training only, and so is every `train only` row (`nbfed.fraction-evaluate = 0`);
+  nbfed's default also evaluates at every site each round, so its round moves the model 3 times per node
+  instead of 2 (MB/round: 10^6 bytes of float32 weights). Raw Flower and `Flower's SuperNode` rows run
+  Flower's own SuperNodes; the others nbfed's (warm ClientApps, short polls). `Flower's FedAvg`: a strategy
+  cell with Flower's FedAvg, which holds every reply at once; nbfed's folds each in as it arrives.
+- startup: processes spawned to round 1 done (SuperLink and SuperNodes starting, `flwr run`, the ServerApp).
+- round 1, rounds 2+: median (range) over runs, and over the later rounds of every run; MB/s uses rounds 2+.
+- between: median end of one round to the start of the next (nbfed saves its checkpoint there).
+- ClientApp: median lifetime of a ClientApp process, one per message: Flower's SuperNode starts
+  `flwr-clientapp` (spawn, imports), nbfed's forks a warm one; then the app's work and the reply (seen every 0.2 s).
+- Peak RSS summed over each process tree: SuperLink with SuperExec and the ServerApp (the ServerApp alone
+  in brackets); each SuperNode with SuperExec and its ClientApps (median and max over nodes and runs)."""
+
+
 def write_markdown(path: Path, results: dict, summaries: list[dict], args) -> None:
     m = results["machine"]
     rendered = io.StringIO()
@@ -375,23 +391,13 @@ def write_markdown(path: Path, results: dict, summaries: list[dict], args) -> No
         "",
         f"`{results['command']}` on {m['date']}: {num_params(args.params, args.width):,} parameters, "
         f"{args.rounds} rounds, {args.runs} run(s) per app, every process on one machine over loopback "
-        f"({m['cpus']} CPUs, {m['cpu']}, {m['memory_mib']} MiB, load average {m['load_average'][0]} at the start; "
+        f"({m['cpus']} CPUs, {m['cpu']}, {m['memory_mib']} MiB, "
+        f"load average {m['load_average'][0]} at the start; "
         f"Python {m['python']}, flwr {m['flwr']}, torch {m['torch']}).",
         "",
         "\n".join(line.rstrip() for line in rendered.getvalue().strip("\n").splitlines() if line.strip()),
         "",
-        "- Raw Flower's round is training only, and so is every `train only` row (`nbfed.fraction-evaluate = 0`);",
-        "  nbfed's default also evaluates at every site each round, so its round moves the model 3 times per node",
-        "  instead of 2 (MB/round: 10^6 bytes of float32 weights). Raw Flower and `Flower's SuperNode` rows run",
-        "  Flower's own SuperNodes; the others nbfed's (warm ClientApps, short polls). `Flower's FedAvg`: a strategy",
-        "  cell with Flower's FedAvg, which holds every reply at once; nbfed's folds each in as it arrives.",
-        "- startup: processes spawned to round 1 done (SuperLink and SuperNodes starting, `flwr run`, the ServerApp).",
-        "- round 1, rounds 2+: median (range) over runs, and over the later rounds of every run; MB/s uses rounds 2+.",
-        "- between: median end of one round to the start of the next (nbfed saves its checkpoint there).",
-        "- ClientApp: median lifetime of a ClientApp process, one per message: Flower's SuperNode starts",
-        "  `flwr-clientapp` (spawn, imports), nbfed's forks a warm one; then the app's work and the reply (seen every 0.2 s).",
-        "- Peak RSS summed over each process tree: SuperLink with SuperExec and the ServerApp (the ServerApp alone",
-        "  in brackets); each SuperNode with SuperExec and its ClientApps (median and max over nodes and runs).",
+        NOTES,
         f"- Every run is in `{path.with_suffix('.json').name}`.",
         "",
     ]))

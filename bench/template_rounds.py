@@ -8,8 +8,9 @@ Runs `nbfed run-local notebook/template.ipynb` (SuperLink and nbfed's SuperNodes
 processes, on `nbfed synth-data` patches at --scale) --runs times and reads every round from
 its rounds.json: the round's duration, the slowest site's seconds in the notebook's code to
 train and to evaluate (load_data, build_model, train or evaluate; each site reports its own), the
-overhead (the rest: messages, ClientApps, (de)serialisation, aggregation), the model bytes the round moved (each site: down and up to train, down to
-evaluate) and the throughput those bytes make over the overhead. Medians and ranges over every
+overhead (the rest: messages, ClientApps, (de)serialisation, aggregation), the model bytes the
+round moved (each site: down and up to train, down to evaluate) and the throughput those bytes
+make over the overhead. Medians and ranges over every
 round of every run go to --out with the machine; a table is printed. --smoke: one run of one
 round on a small dataset; keeps the script working in CI, measures nothing.
 """
@@ -24,10 +25,9 @@ import tempfile
 from pathlib import Path
 
 import torch
+from common import machine  # bench/common.py
 from rich.console import Console
 from rich.table import Table
-
-from common import machine  # bench/common.py
 from round_overhead import spread  # bench/round_overhead.py
 
 ROOT = Path(__file__).resolve().parents[1]

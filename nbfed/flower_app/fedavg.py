@@ -26,7 +26,6 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import validate_message_reply_consistency
 from flwr.supercore import log
 
-
 TRANSFER_DTYPE = "nbfed-transfer-dtype"  # the train config key that asks sites for float16 replies
 TRANSFER_DTYPES = ("float32", "float16")
 

@@ -25,7 +25,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -34,12 +34,13 @@ from flwr.app import ArrayRecord, Message, MetricRecord
 
 from .metrics import checkpoint_path, checkpoints, summarize_round
 
+
 class ResultsDiskFull(OSError):
     """The aggregator's results volume is full; what was there before is intact."""
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def write_atomic(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
@@ -75,14 +76,14 @@ class Recorder:
         self._current: dict[str, Any] = {}
 
     @classmethod
-    def start(cls, results_dir: Path, run: dict[str, Any]) -> "Recorder":
+    def start(cls, results_dir: Path, run: dict[str, Any]) -> Recorder:
         recorder = cls(results_dir, {**run, "sites": {}, "started_at": _now(), "finished_at": None, "status": "running"})
         recorder._write_json("run.json", recorder.run)
         recorder.event("started", num_rounds=run["num_rounds"])
         return recorder
 
     @classmethod
-    def resume(cls, results_dir: Path, run_id: int) -> tuple["Recorder", ArrayRecord | None]:
+    def resume(cls, results_dir: Path, run_id: int) -> tuple[Recorder, ArrayRecord | None]:
         """Continue an interrupted run from its last checkpoint (its later records are dropped);
         no model when it has none (it starts over)."""
         found = checkpoints(results_dir)

@@ -101,14 +101,15 @@ def test_unregistered_node_is_refused(dry_run, docker_client, built_images):
     """A SuperNode whose key was never registered cannot activate, even with the right CA."""
     _, _, project, _ = dry_run
     script = (
-        "from cryptography.hazmat.primitives.asymmetric import ec; from cryptography.hazmat.primitives import serialization as s;"
+        "from cryptography.hazmat.primitives.asymmetric import ec; "
+        "from cryptography.hazmat.primitives import serialization as s;"
         "k=ec.generate_private_key(ec.SECP384R1());"
         "open('/tmp/k','wb').write(k.private_bytes(s.Encoding.PEM,s.PrivateFormat.OpenSSH,s.NoEncryption()))"
     )
     intruder = docker_client.containers.run(
         built_images["site"].ref, entrypoint=["sh", "-c"],
-        command=[f'python -c "{script}" && exec flower-supernode --superlink=aggregator:8000 --root-certificates=/pki/ca.crt '
-                 "--auth-supernode-private-key=/tmp/k --max-retries 1"],
+        command=[f'python -c "{script}" && exec flower-supernode --superlink=aggregator:8000 '
+                 "--root-certificates=/pki/ca.crt --auth-supernode-private-key=/tmp/k --max-retries 1"],
         volumes={f"{project}_pki": {"bind": "/pki", "mode": "ro"}}, network=f"{project}_fleet", detach=True,
     )
     try:
