@@ -54,6 +54,8 @@ test: engine registry $(BIN)/nbfed
 lint: $(BIN)/nbfed
 	$(BIN)/yamllint -s .
 	$(BIN)/ansible-lint
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 unit: $(BIN)/nbfed
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)

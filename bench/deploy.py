@@ -24,20 +24,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import nbformat
+from common import machine, summary  # bench/common.py
 from rich.console import Console
 from rich.table import Table
+
+from nbfed.local import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -45,22 +44,6 @@ DEPLOYMENT = "bench"
 # profile_tasks prints, after each TASK/PLAY header, the time and the elapsed total so far.
 ELAPSED = re.compile(r"^\w+ \d+ \w+ \d{4}\s+[\d:]+ \+0000 \([\d:.]+\)\s+(\d+):(\d\d):(\d\d\.\d+) \*+\s*$")
 console = Console()
-
-
-def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    mem = int(Path("/proc/meminfo").read_text().split()[1]) // 1024
-    return {"cpus": os.cpu_count(), "cpu": cpu, "memory_mib": mem, "python": platform.python_version(),
-            "docker": subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"],
-                                     capture_output=True, text=True).stdout.strip(),
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
 
 
 def playbook(playbook: str, extra: dict, *args: str, inventory: str = "inventory/local") -> tuple[float, str]:
@@ -92,7 +75,7 @@ def stages(output: str, total: float) -> dict[str, float]:
     plays = [(h[6:-1], t) for h, t in timeline(output) if h.startswith("PLAY [")]
     ends = [t for _, t in plays[1:]] + [total]
     out: dict[str, float] = {}
-    for (name, start), end in zip(plays, ends):
+    for (name, start), end in zip(plays, ends, strict=True):
         out[name] = out.get(name, 0.0) + end - start
     return out
 
@@ -107,11 +90,6 @@ def first_event(results: Path, kind: str) -> float:
         if event["event"] == kind:
             return event["time"]
     raise ValueError(f"no {kind} event in {results}")
-
-
-def summary(values: list[float]) -> dict:
-    return {"median": round(statistics.median(values), 2), "min": round(min(values), 2),
-            "max": round(max(values), 2), "runs": [round(v, 2) for v in values]}
 
 
 def main() -> None:
@@ -176,7 +154,7 @@ def main() -> None:
             playbook("playbooks/teardown.yml", {**extra, "teardown_purge": True, "teardown_purge_confirmed": True})
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"machine": machine(), "runs": runs, "smoke": args.smoke, "results": measured}, indent=2) + "\n")
+    args.out.write_text(json.dumps({"machine": machine(docker=True), "runs": runs, "smoke": args.smoke, "results": measured}, indent=2) + "\n")
     table = Table("measure", "median s", "range s", title=f"inventory/local, {runs} run(s) each")
     for what, values in measured.items():
         for key, value in values.items():

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Image sizes and build times (issue 7, items 1 and 2).
 
-    .venv/bin/python bench/images.py [--runs 3] [--flavour cpu --flavour cuda] [--out bench/results/images.json] [--smoke]
+    .venv/bin/python bench/images.py [--runs 3] [--flavour cpu --flavour cuda]
+        [--out bench/results/images.json] [--smoke]
 
 For the template notebook's requirements, --runs times each:
 
@@ -22,16 +23,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import nbformat
+from common import machine, summary  # bench/common.py
 from rich.console import Console
 from rich.table import Table
 
@@ -54,11 +53,6 @@ def build(notebook: Path, flavours: list[str], base: str) -> tuple[float, dict]:
 
 def docker(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["docker", *args], capture_output=True, text=True)
-
-
-def summary(values: list[float]) -> dict:
-    return {"median": round(statistics.median(values), 1), "min": round(min(values), 1),
-            "max": round(max(values), 1), "runs": [round(v, 1) for v in values]}
 
 
 def main() -> None:
@@ -91,7 +85,7 @@ def main() -> None:
                 took, result = build(TEMPLATE, flavours, args.base_image)
             assert sorted(result["built"]) == sorted(refs), result
             cold.append(took)
-        measured["cold build"] = summary(cold)
+        measured["cold build"] = summary(cold, 1)
 
     warm = []
     for n in range(1 if args.smoke else args.runs):
@@ -99,7 +93,7 @@ def main() -> None:
             took, result = build(TEMPLATE, flavours, args.base_image)
         assert result["built"] == [], result
         warm.append(took)
-    measured["warm build"] = summary(warm)
+    measured["warm build"] = summary(warm, 1)
 
     if not args.smoke:
         notebook = nbformat.read(TEMPLATE, as_version=4)
@@ -113,14 +107,11 @@ def main() -> None:
                 took, result = build(edited, flavours, args.base_image)
                 assert result["built"] == [], f"a code-only edit rebuilt {result['built']}"
                 edits.append(took)
-        measured["code-only edit"] = summary(edits)
+        measured["code-only edit"] = summary(edits, 1)
 
     sizes = {ref: int(docker("image", "inspect", "--format", "{{.Size}}", ref).stdout) for ref in refs}
-    machine = {"cpus": os.cpu_count(), "python": platform.python_version(),
-               "docker": docker("version", "--format", "{{.Server.Version}}").stdout.strip(),
-               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "base_image": args.base_image}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"machine": machine, "smoke": args.smoke, "sizes_bytes": sizes,
+    args.out.write_text(json.dumps({"machine": machine(docker=True, base_image=args.base_image), "smoke": args.smoke, "sizes_bytes": sizes,
                                     "builds_s": measured}, indent=2) + "\n")
 
     table = Table("image", "size", title="Image sizes")

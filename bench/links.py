@@ -42,7 +42,8 @@ from rich.table import Table
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
-from deploy import machine, playbook, stages, until  # noqa: E402  (bench/deploy.py)
+from common import machine  # noqa: E402  (bench/common.py)
+from deploy import playbook, stages, until  # noqa: E402  (bench/deploy.py)
 from harness import Hosts, group_vars, host_image  # noqa: E402
 from overhead_run import num_params  # noqa: E402  (bench/overhead_run.py)
 
@@ -156,7 +157,7 @@ def main() -> None:
     (data / "train").mkdir()
     settings = group_vars(work, args.base_image, nbfed_notebook=str(NOTEBOOK), nbfed_rounds=1,
                           nbfed_min_sites=len(sites), nbfed_fraction_train=1.0, nbfed_round_timeout=3600)
-    results: dict = {"machine": machine(), "smoke": args.smoke, "rate": args.rate, "sites": len(sites),
+    results: dict = {"machine": machine(docker=True), "smoke": args.smoke, "rate": args.rate, "sites": len(sites),
                      "params": num_params(args.params, WIDTH), "rounds": args.rounds}
     with console.status(f"starting {len(sites)} site hosts and an aggregator host"), \
             Hosts(["aggregator", *sites], work, host_image(args.base_image)) as hosts:

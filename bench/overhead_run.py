@@ -16,16 +16,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import nbformat
+from processes import ProcessWatch, cmdline  # bench/processes.py
 
 from nbfed.convert import toml_value
 from nbfed.local import LocalFederation, find_sites
 from nbfed.submit import prepare_run
 from nbfed.superlink import RunFailed, SuperLinkClient
-from processes import ProcessWatch, cmdline  # bench/processes.py
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "bench" / "notebooks" / "overhead.ipynb"
-ANCHOR = Path(os.environ.get("NBFED_RAW_FLOWER_ANCHOR", "/work/shared/anchors/raw-flower"))
+ANCHOR = Path(os.environ.get("NBFED_RAW_FLOWER_ANCHOR", ROOT / "bench" / "raw_flower"))
 TRAIN_ONLY = {"nbfed.fraction-evaluate": 0.0}
 
 
@@ -134,7 +134,7 @@ def wait_until(finished: Callable[[list[dict]], bool], events: Path, fed: LocalF
 def run_raw(client: SuperLinkClient, fed: LocalFederation, watch: ProcessWatch, work: Path, args, nodes: int) -> list[tuple[float, float]]:
     """Run the anchor's app to the end; (start, end) of every round."""
     app = shutil.copytree(args.anchor / "app", work / "app", ignore=shutil.ignore_patterns("__pycache__"))
-    for path in [app, *app.rglob("*")]:  # the anchor's files are read-only; these are ours to delete
+    for path in [app, *app.rglob("*")]:  # an anchor elsewhere may be read-only; this copy is ours to delete
         path.chmod(path.stat().st_mode | 0o200)
     events = work / "events.jsonl"
     settings = {"num-server-rounds": args.rounds, "num-params": args.params, "layer-width": args.width,
@@ -206,7 +206,7 @@ def run_once(app: str, nodes: int, work: Path, args) -> dict:
         "nodes": nodes,
         "startup_s": round(rounds[0][1] - t0, 3),
         "rounds_s": [round(end - start, 3) for start, end in rounds],
-        "between_rounds_s": [round(start - end, 3) for (_, end), (start, _) in zip(rounds, rounds[1:])],
+        "between_rounds_s": [round(start - end, 3) for (_, end), (start, _) in zip(rounds, rounds[1:], strict=False)],
         "peak_rss_mib": {"superlink_tree": kib["superlink"] // 1024, "serverapp": watch.serverapp_kib // 1024,
                          "supernode_trees": [kib[name] // 1024 for name in kib if name != "superlink"]},
         "clientapp_lifetimes_s": watch.clientapp_lifetimes(),

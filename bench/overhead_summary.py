@@ -3,28 +3,13 @@
 from __future__ import annotations
 
 import io
-import os
-import platform
 import statistics
-from datetime import datetime, timezone
-from importlib.metadata import version
 from pathlib import Path
 
+from overhead_run import APPS, num_params  # bench/overhead_run.py
 from rich import box
 from rich.console import Console
 from rich.table import Table
-
-from overhead_run import APPS, num_params  # bench/overhead_run.py
-
-
-def machine() -> dict:
-    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
-    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), platform.processor())
-    return {"cpus": os.cpu_count(), "cpu": cpu, "memory_mib": int(Path("/proc/meminfo").read_text().split()[1]) // 1024,
-            "python": platform.python_version(), "flwr": version("flwr"), "torch": version("torch"),
-            # the machine may be shared: the load before the first run says how busy it was
-            "load_average": [round(x, 2) for x in os.getloadavg()],
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
 def spread(values: list[float]) -> dict | None:

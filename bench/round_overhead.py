@@ -11,7 +11,7 @@ with `flwr run` by the same client and followed through the events file its Serv
 Each repetition runs every app in turn.
 
   raw         raw Flower: the anchor's app (--anchor, default $NBFED_RAW_FLOWER_ANCHOR or
-              /work/shared/anchors/raw-flower) on Flower's own SuperNodes. FedAvg that only
+              bench/raw_flower, Flower 1.41 by hand) on Flower's own SuperNodes. FedAvg that only
               trains; its ClientApp adds 1e-6 x (partition-id + 1) to every weight. Round:
               configure_train to the end of aggregate_train, from its events.
   nbfed       bench/notebooks/overhead.ipynb, converted and run as `nbfed run-local` runs it, on
@@ -36,7 +36,7 @@ makes, and peak RSS of the SuperLink tree (SuperLink, SuperExec, ServerApp; the 
 too) and of each SuperNode tree (SuperNode, SuperExec, ClientApps), from /proc every 0.2 s.
 
 --nodes takes several counts (scaling: round time and memory against the number of sites).
-Without the anchor directory only nbfed runs. --smoke: 100 k parameters, 2 nodes, 1 round,
+Where --anchor holds no app/, only nbfed runs. --smoke: 100 k parameters, 2 nodes, 1 round,
 1 run, raw and nbfed; keeps the script working in CI, measures nothing.
 
 One run is bench/overhead_run.py (processes watched with bench/processes.py), the summary
@@ -53,12 +53,18 @@ import sys
 import tempfile
 from pathlib import Path
 
+from common import machine  # bench/common.py
+from overhead_run import ANCHOR, APPS, DEFAULT_APPS, ROOT, num_params, run_once  # bench/overhead_run.py
+from overhead_summary import summarize, table, write_markdown  # bench/overhead_summary.py
 from rich.console import Console
 
-from overhead_run import ANCHOR, APPS, DEFAULT_APPS, ROOT, num_params, run_once  # bench/overhead_run.py
-from overhead_summary import machine, summarize, table, write_markdown  # bench/overhead_summary.py
-
 console = Console(width=None if sys.stdout.isatty() else 200)  # a log gets the whole table
+
+
+def repo_path(path: Path) -> str:
+    """`path` as results record it: relative to the repository when inside it, so results name no machine's paths."""
+    path = path.resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def main() -> None:
@@ -84,10 +90,10 @@ def main() -> None:
     if "raw" in apps and not (args.anchor / "app" / "pyproject.toml").is_file():
         console.print(f"[yellow]no raw-Flower anchor at {args.anchor} (--anchor or NBFED_RAW_FLOWER_ANCHOR): nbfed only[/yellow]")
         apps.remove("raw")
-    results = {"command": " ".join(["bench/round_overhead.py", *sys.argv[1:]]), "machine": machine(),
+    results = {"command": " ".join(["bench/round_overhead.py", *sys.argv[1:]]), "machine": machine(flower=True, load=True),
                "settings": {"params": num_params(args.params, args.width), "params_requested": args.params,
                             "width": args.width, "nodes": args.nodes, "rounds": args.rounds, "runs": args.runs,
-                            "smoke": args.smoke, "apps": apps, "anchor": str(args.anchor) if "raw" in apps else None},
+                            "smoke": args.smoke, "apps": apps, "anchor": repo_path(args.anchor) if "raw" in apps else None},
                "runs": []}
     work = Path(tempfile.mkdtemp(prefix="nbfed-round-overhead-"))
     try:

@@ -8,8 +8,9 @@ Runs `nbfed run-local notebook/template.ipynb` (SuperLink and nbfed's SuperNodes
 processes, on `nbfed synth-data` patches at --scale) --runs times and reads every round from
 its rounds.json: the round's duration, the slowest site's seconds in the notebook's code to
 train and to evaluate (load_data, build_model, train or evaluate; each site reports its own), the
-overhead (the rest: messages, ClientApps, (de)serialisation, aggregation), the model bytes the round moved (each site: down and up to train, down to
-evaluate) and the throughput those bytes make over the overhead. Medians and ranges over every
+overhead (the rest: messages, ClientApps, (de)serialisation, aggregation), the model bytes the
+round moved (each site: down and up to train, down to evaluate) and the throughput those bytes
+make over the overhead. Medians and ranges over every
 round of every run go to --out with the machine; a table is printed. --smoke: one run of one
 round on a small dataset; keeps the script working in CI, measures nothing.
 """
@@ -24,10 +25,10 @@ import tempfile
 from pathlib import Path
 
 import torch
+from common import machine  # bench/common.py
+from overhead_summary import spread  # bench/overhead_summary.py
 from rich.console import Console
 from rich.table import Table
-
-from overhead_summary import machine, spread  # bench/overhead_summary.py
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -80,7 +81,7 @@ def main() -> None:
     model_bytes, moved = rounds[0]["model_bytes"], rounds[0]["bytes_moved"]
     summary["overhead_share"] = round(summary["overhead_s"]["median"] / summary["duration_s"]["median"], 3)
     summary["mb_per_s_over_overhead"] = round(moved / 1e6 / summary["overhead_s"]["median"], 2)
-    results = {"machine": machine(), "smoke": args.smoke, "scale": args.scale, "rounds": args.rounds,
+    results = {"machine": machine(flower=True, load=True), "smoke": args.smoke, "scale": args.scale, "rounds": args.rounds,
                "model_bytes": model_bytes, "bytes_moved_per_round": moved, "summary": summary, "runs": runs}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")

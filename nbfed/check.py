@@ -148,7 +148,8 @@ def _parse(cell: TaggedCell) -> tuple[ast.Module | None, list[Violation]]:
                 Violation(
                     cell.label,
                     f"line {lineno} is {kind} ('{stripped[:40]}'), which plain Python in the app cannot run",
-                    "move it to an untagged cell, or write it as Python (pip requirements go in the 'requirements' cell)",
+                    "move it to an untagged cell, or write it as Python "
+                    "(pip requirements go in the 'requirements' cell)",
                 )
             )
     if out:
@@ -197,8 +198,10 @@ def _config(nb: Notebook, trees: dict[int, ast.Module]) -> list[Violation]:
             out.append(
                 Violation(
                     cell.label,
-                    f"{CONFIG_NAME} is not a literal: '{ast.unparse(node)}' at line {node.lineno} is computed, not written out",
-                    f"write {CONFIG_NAME} with literal values only: numbers, strings, booleans and nested dicts; no names or calls",
+                    f"{CONFIG_NAME} is not a literal: '{ast.unparse(node)}' at line {node.lineno} "
+                    "is computed, not written out",
+                    f"write {CONFIG_NAME} with literal values only: numbers, strings, booleans and nested dicts; "
+                    "no names or calls",
                 )
             )
             continue
@@ -241,8 +244,10 @@ def config_problems(value: Any, path: str = CONFIG_NAME) -> list[tuple[str, str]
         elif not isinstance(item, CONFIG_SCALARS):
             out.append(
                 (
-                    f"{where} is a {type(item).__name__}; run config values are numbers, strings, booleans or nested dicts",
-                    "write a list as a comma-separated string and split it in your code; write None as a string or leave the key out",
+                    f"{where} is a {type(item).__name__}; "
+                    "run config values are numbers, strings, booleans or nested dicts",
+                    "write a list as a comma-separated string and split it in your code; "
+                    "write None as a string or leave the key out",
                 )
             )
     return out
@@ -283,7 +288,8 @@ def _functions(nb: Notebook, trees: dict[int, ast.Module]) -> list[Violation]:
             out.append(
                 Violation(
                     cell.label,
-                    f"line {node.lineno}: '{fn.name}({have})' takes {len(positional)} argument(s); the toolkit passes {len(fn.params)}",
+                    f"line {node.lineno}: '{fn.name}({have})' takes {len(positional)} argument(s); "
+                    f"the toolkit passes {len(fn.params)}",
                     f"write {fn.signature}",
                 )
             )
@@ -300,7 +306,8 @@ def _duplicates(nb: Notebook, trees: dict[int, ast.Module]) -> list[Violation]:
                     Violation(
                         cell.label,
                         f"line {lineno}: '{name}' is already defined in {first[name].label}",
-                        "define each name once across the tagged cells (the app is one module, the later one would silently win)",
+                        "define each name once across the tagged cells "
+                        "(the app is one module, the later one would silently win)",
                     )
                 )
             first.setdefault(name, cell)

@@ -6,7 +6,7 @@ import ast
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -57,7 +57,7 @@ def check_cmd(notebook: NotebookArg) -> None:
     try:
         nb = read_notebook(notebook)
     except NotebookError as e:
-        raise _fail(str(e))
+        raise _fail(str(e)) from None
     violations = check(nb)
     if violations:
         err.print(str(CheckFailed(nb, violations)), highlight=False, markup=False)
@@ -75,7 +75,7 @@ def convert_cmd(notebook: NotebookArg, out: Annotated[Path, typer.Option("-o", "
         generated = convert(notebook, out)
     except (NotebookError, CheckFailed) as e:
         err.print(str(e), highlight=False, markup=False)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     console.print(f"{notebook} -> {out} (package {generated.package}); `flwr build --app {out}` bundles it")
 
 
@@ -84,7 +84,10 @@ def build_images_cmd(
     notebook: NotebookArg,
     flavour: Annotated[list[str], typer.Option(help="Site image flavour: cpu and/or cuda (repeatable).")] = ["cpu"],
     base_image: Annotated[str, typer.Option(envvar="NBFED_BASE_IMAGE", help="Python 3.11 base image (images/base/build.sh makes nbfed/base:bookworm where nothing can be pulled).")] = "python:3.11-slim-bookworm",
-    tools_image: Annotated[Optional[str], typer.Option(envvar="NBFED_TOOLS_IMAGE", help="The base's Debian release with binutils, to strip the libraries (default: python:X-Y for python:X-slim-Y, else BASE-tools as images/base/build.sh makes).", show_default=False)] = None,
+    tools_image: Annotated[str | None, typer.Option(
+        envvar="NBFED_TOOLS_IMAGE", show_default=False,
+        help="The base's Debian release with binutils, to strip the libraries "
+             "(default: python:X-Y for python:X-slim-Y, else BASE-tools as images/base/build.sh makes).")] = None,
     build_dir: Annotated[Path, typer.Option(help="Build tree: wheelhouse and contexts, reused between builds.")] = Path("build"),
     env_file: Annotated[Path, typer.Option(help="Write the image references here for compose.")] = Path("compose/.env"),
     json_: Annotated[bool, typer.Option("--json", help="Progress to stderr; the images as JSON on stdout (for the playbook).")] = False,
@@ -99,7 +102,7 @@ def build_images_cmd(
                               build_dir=build_dir,
                               labels={"notebook": nb.name, "notebook_sha256": nb.sha256}, console=out)
     except (NotebookError, ImagesError) as e:
-        raise _fail(str(e))
+        raise _fail(str(e)) from None
     refs = {f"NBFED_{(i.kind + ('_' + i.flavour if i.kind == 'site' and i.flavour != 'cpu' else '')).upper()}_IMAGE": i.ref
             for i in images}
     env_file.parent.mkdir(parents=True, exist_ok=True)
@@ -112,8 +115,8 @@ def build_images_cmd(
 @app.command("synth-data")
 def synth_data_cmd(
     out: Annotated[Path, typer.Option("-o", "--out", help="Output directory (one subdirectory per site).")],
-    scale: Annotated[Optional[float], typer.Option(help="Fraction of the paper's Table 1 patch counts.")] = None,
-    size: Annotated[Optional[int], typer.Option(help="Patch size in pixels (224 as in the paper).")] = None,
+    scale: Annotated[float | None, typer.Option(help="Fraction of the paper's Table 1 patch counts.")] = None,
+    size: Annotated[int | None, typer.Option(help="Patch size in pixels (224 as in the paper).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same files.")] = 0,
 ) -> None:
     """Write synthetic H&E-like patches for three sites (synthetic, not medical data)."""
@@ -131,7 +134,7 @@ def synth_data_cmd(
         try:
             manifest = synth.generate(out, progress=lambda done, total: progress.update(task, completed=done, total=total), **kwargs)
         except ValueError as e:
-            raise _fail(str(e), 2)
+            raise _fail(str(e), 2) from None
     for site, info in manifest["sites"].items():
         console.print(f"{site}: " + ", ".join(f"{split} {c['tumor']} tumour / {c['normal']} normal" for split, c in info["counts"].items()))
     console.print(f"synthetic data in {out} (not medical data)")
@@ -141,7 +144,7 @@ def synth_data_cmd(
 def run_local_cmd(
     notebook: NotebookArg,
     data: Annotated[Path, typer.Option("--data", help="Directory with one subdirectory per site (train/ and test/).")],
-    results: Annotated[Optional[Path], typer.Option("--results", help="Results directory (default results/<notebook>-<time>).")] = None,
+    results: Annotated[Path | None, typer.Option("--results", help="Results directory (default results/<notebook>-<time>).")] = None,
     set_: Annotated[list[str], typer.Option("--set", help="Override a run-config key: --set num_rounds=5.")] = [],
     baselines: Annotated[bool, typer.Option("--baselines", help="Also train each site alone and compare (Table 2).")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds before the run is abandoned.")] = 3600,
@@ -159,11 +162,11 @@ def run_local_cmd(
             run_baselines(generated, results_dir, data, console)
     except (NotebookError, CheckFailed) as e:
         err.print(str(e), highlight=False, markup=False)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     except (RunFailed, FileNotFoundError, FileExistsError, KeyError) as e:
-        raise _fail(str(e).strip("'\""))
+        raise _fail(str(e).strip("'\"")) from None
     except KeyboardInterrupt:
-        raise _fail("interrupted; every process was stopped", 130)
+        raise _fail("interrupted; every process was stopped", 130) from None
     _finish(results_dir, started)
 
 
@@ -171,7 +174,7 @@ def run_local_cmd(
 def register_cmd(
     keys: Annotated[list[Path], typer.Argument(help="Sites' public keys, SITE.pub (the file name names the site).")],
     superlink: Annotated[str, typer.Option(help="SuperLink Control API as host:port (the aggregator's loopback).")],
-    ca: Annotated[Optional[Path], typer.Option(help="Consortium CA certificate; without it, plain HTTP (loopback only).")] = None,
+    ca: Annotated[Path | None, typer.Option(help="Consortium CA certificate; without it, plain HTTP (loopback only).")] = None,
 ) -> None:
     """Register sites' SuperNode public keys with SuperLink (already registered keys are kept)."""
     from nbfed.superlink import RunFailed, connect
@@ -182,7 +185,7 @@ def register_cmd(
             try:
                 fresh = client.register(key, site)
             except RunFailed as e:
-                raise _fail(str(e))
+                raise _fail(str(e)) from None
             console.print(f"site {site}: public key {'registered' if fresh else 'already registered'}")
 
 
@@ -190,9 +193,9 @@ def register_cmd(
 def submit_cmd(
     notebook: NotebookArg,
     superlink: Annotated[str, typer.Option(help="SuperLink Control API as host:port (the aggregator's loopback).")],
-    ca: Annotated[Optional[Path], typer.Option(help="Consortium CA certificate; without it, plain HTTP (loopback only).")] = None,
+    ca: Annotated[Path | None, typer.Option(help="Consortium CA certificate; without it, plain HTTP (loopback only).")] = None,
     results_root: Annotated[Path, typer.Option(help="Where the ServerApp writes results (a volume it shares).")] = Path("results"),
-    name: Annotated[Optional[str], typer.Option(help="Run name (default <notebook>-<time>).")] = None,
+    name: Annotated[str | None, typer.Option(help="Run name (default <notebook>-<time>).")] = None,
     set_: Annotated[list[str], typer.Option("--set", help="Override a run-config key: --set num_rounds=5.")] = [],
     timeout: Annotated[float, typer.Option(help="Seconds before the run is abandoned.")] = 3600,
     resume: Annotated[bool, typer.Option(help="Go on with the run --name from its last checkpoint (same app, same settings).")] = False,
@@ -211,16 +214,16 @@ def submit_cmd(
             run = submit(notebook, client, results, _parse_settings(set_), console, timeout, resume=resume)
     except (NotebookError, CheckFailed) as e:
         err.print(str(e), highlight=False, markup=False)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     except (RunFailed, FileExistsError, FileNotFoundError, KeyError) as e:
-        raise _fail(str(e).strip("'\""))
+        raise _fail(str(e).strip("'\"")) from None
     _finish(run.results, started)
 
 
 @app.command("status")
 def status_cmd(
     superlink: Annotated[str, typer.Option(help="SuperLink Control API as host:port (the aggregator's loopback).")],
-    ca: Annotated[Optional[Path], typer.Option(help="Consortium CA certificate; without it, plain HTTP (loopback only).")] = None,
+    ca: Annotated[Path | None, typer.Option(help="Consortium CA certificate; without it, plain HTTP (loopback only).")] = None,
     runs: Annotated[int, typer.Option(help="How many of the newest runs to list.")] = 5,
     json_: Annotated[bool, typer.Option("--json", help="Print the SuperNodes and runs as JSON.")] = False,
 ) -> None:
@@ -233,7 +236,7 @@ def status_cmd(
         with connect(superlink, ca) as client:
             nodes, recent = client.nodes(), client.runs()
     except RunFailed as e:
-        raise _fail(str(e))
+        raise _fail(str(e)) from None
     recent = sorted(recent, key=lambda r: str(r.get("pending-at") or ""))[-runs:] if runs else []
     if json_:
         print(json.dumps({"nodes": nodes, "online": sum(n["status"] == "online" for n in nodes), "runs": recent}))
@@ -253,7 +256,7 @@ def pki_cmd(
     out: Annotated[Path, typer.Option("-o", "--out", help="Directory for the CA, certificate and node keys.")],
     san: Annotated[list[str], typer.Option(help="A name or address of the aggregator (repeatable; the first is the CN).")],
     site: Annotated[list[str], typer.Option(help="A site that gets a node key (repeatable).")] = [],
-    uid: Annotated[Optional[int], typer.Option(help="Give every file to this uid (the containers' user).")] = None,
+    uid: Annotated[int | None, typer.Option(help="Give every file to this uid (the containers' user).")] = None,
 ) -> None:
     """A throw-away PKI for the dry run: CA, SuperLink certificate, one node key per site."""
     from nbfed.pki import make_pki
@@ -273,7 +276,7 @@ def report_cmd(results: Annotated[Path, typer.Argument(help="A run's results dir
     try:
         report = write_report(results)
     except FileNotFoundError as e:
-        raise _fail(str(e))
+        raise _fail(str(e)) from None
     console.print(render_table(results))
     console.print(f"report: {report}")
 

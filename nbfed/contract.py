@@ -1,4 +1,4 @@
-"""The notebook contract as data: tags, required functions, CONFIG rules.
+"""The notebook contract (docs/architecture.md) as data: tags, required functions, CONFIG rules.
 
 This is a public interface: notebooks written by others depend on it. Change it only
 additively (a new optional tag, a new optional function).

@@ -10,12 +10,18 @@ over sites gives exactly the confusion matrix of the global model on the union
 of all test splits, so the ratios computed from it are the exact pooled
 metrics. Averaging per-site ratios (even weighted by ``num-examples``) is not
 the same thing, e.g. sensitivity depends on each site's number of positives.
+
+The names of the per-round checkpoints (``checkpoints/round-<k>.pt``) live here too: the
+ServerApp writes and resumes from them, and ``nbfed submit`` reads which round a lost run
+reached, and this is the one file both sides share.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Iterable, Mapping
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 __all__ = [
     "CONFUSION_KEYS",
@@ -26,6 +32,8 @@ __all__ = [
     "pooled_metrics",
     "weighted_mean",
     "summarize_round",
+    "checkpoint_path",
+    "checkpoints",
 ]
 
 CONFUSION_KEYS: tuple[str, ...] = ("tp", "fp", "tn", "fn")
@@ -208,3 +216,19 @@ def summarize_round(per_site: Mapping[str, Mapping[str, float]]) -> dict:
         if key not in skip:
             record[key] = weighted_mean(weighted_sites, key)
     return record
+
+
+# --- checkpoints ------------------------------------------------------------------------
+
+_CHECKPOINT = re.compile(r"round-(\d+)\.pt")
+
+
+def checkpoint_path(results_dir: Path, server_round: int) -> Path:
+    """Where the global model after `server_round` is kept in a results directory."""
+    return results_dir / "checkpoints" / f"round-{server_round}.pt"
+
+
+def checkpoints(results_dir: Path) -> dict[int, Path]:
+    """The checkpoints in a results directory, by round (temporary files left out)."""
+    found = (_CHECKPOINT.fullmatch(p.name) for p in (results_dir / "checkpoints").glob("round-*.pt"))
+    return {int(m.group(1)): results_dir / "checkpoints" / m.group(0) for m in found if m}

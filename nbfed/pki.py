@@ -48,7 +48,7 @@ def make_pki(out: Path, sans: list[str], sites: list[str], uid: int | None = Non
     """Write the CA, a server certificate for `sans` and one node key per site into `out`."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "nodes").mkdir(exist_ok=True)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP384R1())
     ca = (
         x509.CertificateBuilder().subject_name(_name(ca_name)).issuer_name(_name(ca_name))

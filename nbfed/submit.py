@@ -19,6 +19,7 @@ from typing import Any
 from rich.console import Console
 
 from nbfed.convert import App, convert, toml_value
+from nbfed.metrics import checkpoints
 from nbfed.superlink import RunFailed, ServerAppLost, SuperLinkClient, follow
 
 
@@ -69,7 +70,7 @@ def _write_overrides(run: PreparedRun, settings: dict[str, Any]) -> PreparedRun:
 
 def finished_rounds(results: Path) -> int:
     """The last round the ServerApp checkpointed (checkpoints/round-<k>.pt), 0 for none."""
-    return max((int(p.stem.removeprefix("round-")) for p in (results / "checkpoints").glob("round-*.pt")), default=0)
+    return max(checkpoints(results), default=0)
 
 
 def submit(

@@ -59,7 +59,8 @@ class SuperLinkClient:
         self.home.mkdir(parents=True, exist_ok=True)
         security = (f'root-certificates = "{self.root_certificates}"' if self.root_certificates else "insecure = true")
         (self.home / "config.toml").write_text(
-            f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\naddress = "{self.address}"\n{security}\n'
+            f'[superlink]\ndefault = "{CONNECTION}"\n\n'
+            f'[superlink.{CONNECTION}]\naddress = "{self.address}"\n{security}\n'
         )
 
     def flwr(self, *args: str) -> subprocess.CompletedProcess:

@@ -161,7 +161,7 @@ def generate(
         "sites": {
             site: {
                 "counts": counts,
-                "paper_counts": dict(zip(("tumor", "normal"), PAPER_COUNTS[site])),
+                "paper_counts": dict(zip(("tumor", "normal"), PAPER_COUNTS[site], strict=True)),
                 "profile": asdict(PROFILES[site]),
             }
             for site, counts in plan.items()

@@ -25,6 +25,7 @@ This file imports only the standard library and Flower: the site image carries i
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import shutil
@@ -84,11 +85,11 @@ def zygote(path: str, owner: int) -> None:
         while os.getppid() == owner:
             try:
                 conn, _ = listener.accept()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             with conn:
                 conn.settimeout(5.0)
-                request = b"".join(iter(lambda: conn.recv(65536), b""))
+                request = b"".join(iter(functools.partial(conn.recv, 65536), b""))
                 pid = os.fork()
                 if pid == 0:
                     listener.close()
@@ -106,7 +107,7 @@ def _run_clientapp(main, argv: list[str]) -> None:
         main()
     except SystemExit as exit_:
         code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
-    except BaseException:  # noqa: BLE001 (report it as Flower's own process would, then exit)
+    except BaseException:  # report it as Flower's own process would, then exit
         import traceback
 
         traceback.print_exc()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))  # tests/notebooks.py
+sys.path.insert(0, str(Path(__file__).parent))  # the helpers beside this file: notebooks.py, playbook.py, ...
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD_DIR = Path(os.environ.get("NBFED_TEST_BUILD_DIR", ROOT / "build"))
@@ -31,7 +31,7 @@ def docker_api():
     try:
         client = docker.APIClient(timeout=600, **docker.utils.kwargs_from_env())
         client.ping()
-    except Exception as err:  # noqa: BLE001 (any failure means: no engine here)
+    except Exception as err:  # any failure means: no engine here
         pytest.skip(f"no Docker Engine answers ({err.__class__.__name__}); start one as root: .ci/docker-engine")
     return client
 

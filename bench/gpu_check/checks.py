@@ -26,7 +26,10 @@ n = int(run["num_rounds"])
 check(run.get("status") == "completed", f"run.json status is {run.get('status')!r}, not 'completed'")
 check(sites == ["site-a", "site-b", "site-c"], f"run.json sites are {sites}, not site-a, site-b, site-c")
 check([r.get("round") for r in rounds] == list(range(1, n + 1)), f"rounds.json has rounds {[r.get('round') for r in rounds]}, expected 1..{n}")
-finite = lambda v: isinstance(v, (int, float)) and math.isfinite(v)
+def finite(v) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
 for r in rounds:
     k = r.get("round")
     for phase in ("train", "evaluate"):
@@ -67,7 +70,9 @@ if have_gpu:
         for p in s["procs"]:
             if p["site"]:
                 d = per_site.setdefault(p["site"], {"pids": set(), "roles": set(), "max_mib": 0.0, "samples": 0})
-                d["pids"].add(p["pid"]); d["roles"].add(p["role"]); d["samples"] += 1
+                d["pids"].add(p["pid"])
+                d["roles"].add(p["role"])
+                d["samples"] += 1
                 d["max_mib"] = max(d["max_mib"], p["mib"] or 0.0)
     others = sorted({(p["role"], p["pid"]) for s in ok for p in s["procs"] if not p["site"]})
     gpu.update(source=source, samples=len(samples), sample_errors=len(samples) - len(ok),

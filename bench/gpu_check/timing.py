@@ -8,16 +8,17 @@ from pathlib import Path
 
 import torch
 
+from nbfed.flower_app.settings import nested_config  # the ClientApp's own run config -> CONFIG
+
 results, data, site, out = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], Path(sys.argv[4])
 run = json.loads((results / "run.json").read_text())
 sys.path.insert(0, str(results / "app"))
 task = __import__(f"{run['app']}.task", fromlist=["task"])
-from nbfed.flower_app.settings import nested_config  # the ClientApp's own run config -> CONFIG
 
 config = {**nested_config(run["run_config"]), "local_epochs": 1}
 train_set, _ = task.load_data(str(data / site), config)
 # The same samples held as tensors: the training step alone, without PNG decoding.
-xs, ys = zip(*(train_set[i] for i in range(len(train_set))))
+xs, ys = zip(*(train_set[i] for i in range(len(train_set))), strict=True)
 in_memory = torch.utils.data.TensorDataset(torch.stack(xs), torch.tensor(ys))
 
 def timed(dataset, device):

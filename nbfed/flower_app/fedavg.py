@@ -28,7 +28,6 @@ from flwr.supercore import log
 
 from .settings import TRANSFER_DTYPE_KEY
 
-
 TRANSFER_DTYPES = ("float32", "float16")
 
 

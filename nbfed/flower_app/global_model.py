@@ -45,7 +45,7 @@ def global_model(msg: Message, config: dict, device: str, clock: Clock) -> torch
     try:
         with torch.device("meta"):
             model = clock(task.build_model, config)
-    except Exception:  # noqa: BLE001 (any failure here means: build it the usual way)
+    except Exception:  # any failure here means: build it the usual way
         model = None
     if model is not None and _holds_exactly(model, state):
         # assigning keeps the received dtype: float16 transfers must still train in float32

@@ -22,20 +22,17 @@ from __future__ import annotations
 import errno
 import json
 import os
-import re
 import shutil
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
 import torch
 from flwr.app import ArrayRecord, MetricRecord
 
-from .metrics import summarize_round
-
-CHECKPOINT = re.compile(r"round-(\d+)\.pt")
+from .metrics import checkpoint_path, checkpoints, summarize_round
 
 
 class ResultsDiskFull(OSError):
@@ -43,7 +40,7 @@ class ResultsDiskFull(OSError):
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def write_atomic(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
@@ -68,12 +65,6 @@ def write_atomic(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
         raise
 
 
-def checkpoints(results_dir: Path) -> dict[int, Path]:
-    """The checkpoints in a results directory, by round."""
-    found = (CHECKPOINT.fullmatch(p.name) for p in (results_dir / "checkpoints").glob("round-*.pt"))
-    return {int(m.group(1)): results_dir / "checkpoints" / m.group(0) for m in found if m}
-
-
 class Recorder:
     def __init__(self, results_dir: Path, run: dict[str, Any], rounds: list[dict[str, Any]] | None = None):
         self.dir = results_dir
@@ -86,14 +77,14 @@ class Recorder:
         self.awaited: dict[str, float | None] = {}
 
     @classmethod
-    def start(cls, results_dir: Path, run: dict[str, Any]) -> "Recorder":
+    def start(cls, results_dir: Path, run: dict[str, Any]) -> Recorder:
         recorder = cls(results_dir, {**run, "sites": {}, "started_at": _now(), "finished_at": None, "status": "running"})
         recorder._write_json("run.json", recorder.run)
         recorder.event("started", num_rounds=run["num_rounds"])
         return recorder
 
     @classmethod
-    def resume(cls, results_dir: Path, run_id: int) -> tuple["Recorder", ArrayRecord | None]:
+    def resume(cls, results_dir: Path, run_id: int) -> tuple[Recorder, ArrayRecord | None]:
         """Continue an interrupted run from its last checkpoint (its later records are dropped);
         no model when it has none (it starts over)."""
         found = checkpoints(results_dir)
@@ -172,7 +163,7 @@ class Recorder:
         self.rounds.append(record)
         self._write_json("rounds.json", self.rounds)
         previous = checkpoints(self.dir)
-        self._save_model(arrays, self.dir / "checkpoints" / f"round-{server_round}.pt")
+        self._save_model(arrays, checkpoint_path(self.dir, server_round))
         for round_, path in previous.items():
             if round_ != server_round:
                 path.unlink(missing_ok=True)

@@ -84,7 +84,7 @@ class Site:
     device: str
 
     @classmethod
-    def from_context(cls, context: Context) -> "Site":
+    def from_context(cls, context: Context) -> Site:
         cfg = context.node_config
         name = str(cfg.get("site", f"node-{context.node_id}"))
         if "data-dir" not in cfg:

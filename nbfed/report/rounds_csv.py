@@ -42,7 +42,7 @@ def write_rounds_csv(results_dir: Path, *, overwrite: bool = True) -> Path:
     with path.open("w", encoding="utf-8", newline="") as fh:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(header)
-        for round_, record in zip(rounds, pooled_records):
+        for round_, record in zip(rounds, pooled_records, strict=True):
             names = contributors(round_)
             writer.writerow(
                 [

@@ -69,12 +69,12 @@ def container_factory(docker_client) -> Iterator:
     for container in containers:
         try:
             container.remove(force=True)
-        except Exception:  # noqa: BLE001
+        except Exception:  # gone already, or the engine with it: nothing left to remove
             pass
     for net in networks:
         try:
             net.remove()
-        except Exception:  # noqa: BLE001
+        except Exception:  # gone already, or the engine with it: nothing left to remove
             pass
 
 

@@ -6,7 +6,6 @@ test_reliability, each with its own deployment."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -14,15 +13,10 @@ from typing import Any
 
 from playbook import recap, run_ansible
 
+from nbfed.local import free_port
 from nbfed.synth import generate
 
 SITES = ("site-a", "site-b", "site-c")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
 
 
 class Deployment:

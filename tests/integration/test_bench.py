@@ -28,7 +28,7 @@ def test_images_benchmark_reports_every_image_and_a_build_that_built_nothing(bui
 
 @pytest.mark.slow
 def test_round_overhead_benchmark_times_nbfed_rounds(tmp_path) -> None:
-    """Local processes only (no Docker); raw Flower runs too where its anchor directory exists."""
+    """Local processes only (no Docker); raw Flower (bench/raw_flower) runs beside nbfed."""
     out = tmp_path / "round_overhead.json"
     results = smoke("round_overhead.py", out, timeout=300)
     nbfed = [run for run in results["runs"] if run["app"] == "nbfed"]

@@ -163,8 +163,9 @@ def test_teardown_then_deploy_keeps_results_state_and_keys(deployment, first_dep
     assert len(deployment.containers()) == 2 + len(SITES)
 
 
-def test_the_deploy_benchmark_reads_the_stages_of_a_real_deploy(deployment, first_deploy) -> None:
+def test_the_deploy_benchmark_reads_the_stages_of_a_real_deploy(deployment, first_deploy, monkeypatch) -> None:
     """bench/deploy.py times stages from profile_tasks' lines: keep it reading real output."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))  # bench/deploy.py imports bench/common.py, as its scripts do
     spec = importlib.util.spec_from_file_location("bench_deploy", ROOT / "bench" / "deploy.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

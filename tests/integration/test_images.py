@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -190,20 +189,6 @@ def test_changed_requirements_change_the_tag(built_images, base_image, docker_ap
     assert named["site"].tag == built_images["site"].tag and "NBFED_KEEP" not in named["site"].buildargs
 
 
-@pytest.mark.parametrize(("keep", "kept"), [("sympy", {"sympy", "mpmath"}), ("networkx", {"networkx"}),
-                                            ("mpmath", {"mpmath"})])
-def test_the_aggregator_keeps_the_torch_dependencies_a_notebook_names(keep, kept):
-    # images/aggregator/unneeded.py against this venv's real package metadata (torch requires all three)
-    def unneeded(names: str) -> set[str]:
-        done = subprocess.run([sys.executable, str(images.images_dir() / "aggregator" / "unneeded.py")],
-                              capture_output=True, text=True, check=True, env={**os.environ, "NBFED_KEEP": names})
-        return set(done.stdout.split())
-
-    dropped = unneeded("")
-    assert dropped <= set(images.AGGREGATOR_OPTIONAL) and "sympy" in dropped  # nothing else here requires sympy
-    assert unneeded(keep) == dropped - kept
-
-
 def test_cpu_flavour_refuses_a_cuda_torch(tmp_path):
     # torch 2.12.0 is only a CUDA build here: refused after resolving, before any download
     with pytest.raises(images.ImagesError, match="CUDA build of torch"):
@@ -323,35 +308,7 @@ def test_bootstrapped_base_is_reused(base_image):
     assert again.returncode == 0 and "nothing to do" in again.stdout, again.stdout + again.stderr
 
 
-# --- no engine needed ----------------------------------------------------------------------
-
-
-def test_no_engine_says_how_to_start_one(monkeypatch, tmp_path):
-    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-docker.sock")
-    with pytest.raises(images.ImagesError, match=r"\.ci/docker-engine"):
-        images.docker_client()
-
-
-def test_requirements_always_pin_flwr():
-    reqs = images.normalise_requirements(["numpy  # arrays", "flwr[simulation]>=1.20", "flwr-datasets", "numpy", ""])
-    assert reqs == ["flwr-datasets", "numpy", "flwr==1.41.0", images.TORCH_RANGE]
-    with pytest.raises(images.ImagesError, match="NBFED_TORCH_INDEX_URL"):
-        images.normalise_requirements(["--extra-index-url https://example.invalid/simple"])
-
-
-def test_content_tag_changes_with_each_input():
-    base = {"base_image_digest": "sha256:1", "context_files": {"Dockerfile": b"FROM x"}, "lock": "a", "flavour": "cpu"}
-    tag = images.content_tag(**base)
-    assert len(tag) == 12 and tag == images.content_tag(**base)
-    for change in ({"base_image_digest": "sha256:2"}, {"tools_image_digest": "sha256:3"}, {"context_files": {"Dockerfile": b"FROM y"}},
-                   {"lock": "b"}, {"flavour": "cuda"}, {"flwr_version": "1.42.0"}):
-        assert images.content_tag(**{**base, **change}) != tag, change
-
-
-def test_each_base_image_has_its_tools_image():
-    assert images.default_tools_image("python:3.11-slim-bookworm") == "python:3.11-bookworm"
-    assert images.default_tools_image("python:3.11.9-slim-bookworm") == "python:3.11.9-bookworm"
-    assert images.default_tools_image(images.BOOTSTRAP_BASE_IMAGE) == "nbfed/base:bookworm-tools"
+# --- no engine, but a package index to resolve against (the rest is tests/unit/test_images.py) ----
 
 
 def test_cuda_flavour_refuses_a_cpu_torch(tmp_path):

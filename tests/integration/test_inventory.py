@@ -1,98 +1,30 @@
-"""playbooks/preflight.yml on inventory/local (passes, changes nothing, check mode too),
-deploy.yml on every wrong inventory in tests/fixtures/inventories (refused by its preflight
-stage, naming the host and the variable, before any later stage touches anything), and
-inventory/clarify checked without connecting to its hosts.
+"""playbooks/preflight.yml on inventory/local (passes, changes nothing, check mode too), and
+deploy.yml refusing what only a host probe finds: a port the aggregator stack would publish
+already taken, a site's data directory missing or empty,
+and the wrong inventories in tests/fixtures/inventories that a probe refuses (the rest, and
+inventory/clarify, need no host: tests/unit/test_inventory.py).
 
 The local inventory is run as it is, with one more inventory source that only points the
 sites' site_data_dir at a temporary tree, so the repository's data/ is neither needed nor
-touched. Runs that reach the host probes need a Docker Engine with Compose v2 here.
+touched. These runs reach the host probes, so they need a Docker Engine with Compose v2 here.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import socket
 from pathlib import Path
 
 import pytest
-from playbook import ROOT, assert_nothing_changed, run_ansible, tree
+from inventories import PROBED, SITES, assert_refused, make_site_data, preflight
+from playbook import assert_nothing_changed, run_ansible, tree
 
-FIXTURES = ROOT / "tests" / "fixtures" / "inventories"
-SITES = ("site-a", "site-b", "site-c")
-
-#: Each wrong inventory: what the output must say (whitespace-normalised), host and variable.
-BAD_INVENTORIES: dict[str, list[str]] = {
-    "missing-data-dir": [
-        "fatal: [site-b]: FAILED!",
-        "Host site-b: site_data_dir is not set. Set it in the inventory to the absolute path",
-    ],
-    "relative-data-dir": [
-        "fatal: [site-a]: FAILED!",
-        "Host site-a: site_data_dir 'data/synthetic/site-a' is not an absolute path.",
-    ],
-    "invalid-address": [
-        "fatal: [site-c]: FAILED!",
-        "Host site-c: site_address '198.51.100.300' is neither an IP address nor a DNS name.",
-    ],
-    "invalid-aggregator-address": [
-        "fatal: [fl-aggregator]: FAILED!",
-        "Host fl-aggregator: aggregator_address 'https://fl.clarify.example:8000' is neither an IP address"
-        " nor a DNS name.",
-    ],
-    "duplicate-site": [
-        "fatal: [site-b]: FAILED!",
-        "fatal: [site-c]: FAILED!",
-        "Host site-b: site_name 'hospital' is also the site_name of site-c.",
-        "Host site-c: site_name 'hospital' is also the site_name of site-b.",
-    ],
-    "bad-site-name": [
-        "fatal: [site-a]: FAILED!",
-        "Host site-a: site_name 'Site_A' is not a valid site name.",
-    ],
-    "gpu-without-nvidia": [
-        "fatal: [site-b]: FAILED!",
-        "Site site-b (host site-b) declares site_gpu: true but the Docker Engine there has no nvidia runtime",
-        "install the NVIDIA Container Toolkit (nvidia-ctk runtime configure) or set site_gpu: false",
-    ],
-    "bad-type": [
-        "fatal: [site-a]: FAILED!",
-        "argument 'site_gpu' is of type str and we were unable to convert to bool",
-    ],
-    "bad-choice": [
-        "value of nbfed_image_delivery must be one of: local, archive, registry, got: ftp",
-    ],
-    "two-aggregators": [
-        "The inventory must put exactly one host in group 'aggregator'",
-        "it has 2: [fl-aggregator-2, fl-aggregator]",
-    ],
-    "too-few-sites": [
-        "nbfed_min_sites is 5 but the inventory has 3 site(s) (site-a, site-b, site-c)",
-    ],
-    "missing-notebook": [
-        "nbfed_notebook 'notebook/no-such-notebook.ipynb' is not a file on the control node",
-    ],
-}
-def preflight(*args: str, data: Path | None = None):
-    return run_ansible("ansible-playbook", "playbooks/preflight.yml", *args, data=data)
-
-
-#: Wrong inventories refused by a host probe (the rest fail on the control node first).
-PROBED = {"gpu-without-nvidia"}
 
 @pytest.fixture(scope="module")
 def site_data(tmp_path_factory) -> Path:
-    """A stand-in for `nbfed synth-data` output: site-a..c with train/ and test/ (placeholder files)."""
-    root = tmp_path_factory.mktemp("site-data")
-    for site in SITES:
-        for split in ("train", "test"):
-            for label in ("normal", "tumor"):
-                folder = root / site / split / label
-                folder.mkdir(parents=True)
-                (folder / "0.png").write_bytes(b"placeholder, not an image")
-    return root
+    return make_site_data(tmp_path_factory.mktemp("site-data"))
 
 
 def data_override(tmp_path: Path, data: Path) -> Path:
@@ -168,48 +100,7 @@ def test_a_site_data_directory_that_is_missing_or_empty_is_refused(docker_engine
     assert_nothing_changed(done)
 
 
-@pytest.mark.parametrize("name", sorted(BAD_INVENTORIES))
-def test_wrong_inventory_is_refused_naming_host_and_variable(name, site_data, request) -> None:
-    if name in PROBED:
-        request.getfixturevalue("docker_engine")
-    inventory = FIXTURES / name
-    before = tree(site_data), tree(inventory)
-    done = run_ansible("ansible-playbook", "deploy.yml", "-i", str(inventory), data=site_data)
-    assert done.returncode != 0, f"{name} was accepted:\n{done.output}"
-    said = " ".join(done.output.split())
-    for expected in BAD_INVENTORIES[name]:
-        assert expected in said, f"{name}: expected {expected!r} in:\n{done.output}"
-    hosts = assert_nothing_changed(done)
-    assert "localhost" not in hosts, f"{name}: a stage after preflight ran:\n{done.output}"
-    assert "PLAY [Build]" not in done.output, done.output
-    assert (tree(site_data), tree(inventory)) == before
-
-
-def test_every_wrong_inventory_has_a_test() -> None:
-    assert {p.name for p in FIXTURES.iterdir() if p.is_dir()} == set(BAD_INVENTORIES)
-
-
-def test_clarify_inventory_graph() -> None:
-    done = run_ansible("ansible-inventory", "-i", "inventory/clarify", "--graph")
-    assert done.returncode == 0, done.output
-    graph = done.stdout
-    assert re.search(r"@aggregator:\n[ |]*\|--fl\.clarify\.example\n", graph), graph
-    for site in ("valencia", "amsterdam", "oslo"):
-        assert f"|--{site}" in graph, graph
-
-
-def test_clarify_inventory_passes_the_checks_without_connecting() -> None:
-    """preflight_probe_hosts=false: only the control-node checks; the example hosts are never reached."""
-    done = preflight("-i", "inventory/clarify", "-e", "preflight_probe_hosts=false")
-    assert done.returncode == 0, done.output
-    hosts = assert_nothing_changed(done)
-    assert set(hosts) == {"fl.clarify.example", "valencia", "amsterdam", "oslo"}, done.output
-
-
-def test_clarify_inventory_with_a_wrong_setting_fails_before_connecting() -> None:
-    """Probes on: the inventory check fails first, so none of the (unreachable) example hosts is contacted."""
-    done = preflight("-i", "inventory/clarify", "-e", "nbfed_min_sites=4")
-    assert done.returncode != 0, done.output
-    assert "nbfed_min_sites is 4 but the inventory has 3 site(s) (valencia, amsterdam, oslo)" in " ".join(
-        done.output.split()), done.output
-    assert_nothing_changed(done)  # unreachable=0: no connection was tried
+@pytest.mark.docker
+@pytest.mark.parametrize("name", sorted(PROBED))
+def test_wrong_inventory_is_refused_naming_host_and_variable(name, docker_engine, site_data) -> None:
+    assert_refused(name, site_data)

@@ -94,7 +94,10 @@ def test_processes_are_cleaned_up(federation):
 def test_a_failing_notebook_fails_fast_with_the_sites_reason_and_leaves_no_process(tmp_path):
     from notebooks import minimal_cells, write_notebook
 
-    failing = "def load_data(data_dir: str, config: dict):\n    raise FileNotFoundError(f'no slides under {data_dir}/train')\n"
+    failing = (
+        "def load_data(data_dir: str, config: dict):\n"
+        "    raise FileNotFoundError(f'no slides under {data_dir}/train')\n"
+    )
     nb = write_notebook(tmp_path / "failing.ipynb", minimal_cells(data=failing))
     generate(tmp_path / "data", scale=0.01, seed=3)
     done = subprocess.run([str(NBFED), "run-local", str(nb), "--data", str(tmp_path / "data"), "--results",

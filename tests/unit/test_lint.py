@@ -1,8 +1,10 @@
-"""yamllint and ansible-lint (production profile, offline) on the repository's YAML and Ansible.
+"""yamllint and ansible-lint (production profile, offline) on the repository's YAML and Ansible,
+ruff on its Python and notebooks.
 
-Both read their settings from the repository root (.yamllint, .ansible-lint): yamllint checks
-every YAML file there (compose stacks included), ansible-lint the playbooks, roles and
-inventories. Neither needs the network or a Docker Engine.
+They read their settings from the repository root (.yamllint, .ansible-lint, pyproject.toml's
+[tool.ruff]): yamllint checks every YAML file there (compose stacks included), ansible-lint the
+playbooks, roles and inventories, ruff every Python file and notebook git does not ignore. None
+needs the network or a Docker Engine.
 """
 
 from __future__ import annotations
@@ -33,3 +35,13 @@ def test_ansible_lint_production_profile_is_clean() -> None:
     done = run([venv_tool("ansible-lint"), "--offline", "--nocolor"])
     assert done.returncode == 0, f"ansible-lint found problems:\n{done.stdout}{done.stderr}"
     assert "Profile 'production' was required, and it passed" in done.stdout + done.stderr, done.stdout + done.stderr
+
+
+def test_ruff_check_is_clean() -> None:
+    done = run([venv_tool("ruff"), "check", "--no-cache", "."])
+    assert done.returncode == 0, f"ruff check . found problems:\n{done.stdout}{done.stderr}"
+
+
+def test_ruff_format_is_clean() -> None:
+    done = run([venv_tool("ruff"), "format", "--check", "--no-cache", "."])
+    assert done.returncode == 0, f"ruff format --check . would reformat (run `ruff format .`):\n{done.stdout}{done.stderr}"

@@ -37,7 +37,7 @@ class Grid:
 
     def push_messages(self, messages):
         now = time.monotonic()
-        self.ready_at = {f"m{i}": None if d is None else now + d for i, d in zip(range(len(messages)), self.delays)}
+        self.ready_at = {f"m{i}": None if d is None else now + d for i, d in zip(range(len(messages)), self.delays, strict=False)}
         return list(self.ready_at)
 
     def pull_messages(self, ids):

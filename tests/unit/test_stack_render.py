@@ -1,6 +1,7 @@
 """The per-host .env files the roles render, read by `docker compose config` with the
 compose files the roles copy: what each host's stack will be, without starting it (the
-CUDA site's GPU reservation included, which no machine here can run)."""
+CUDA site's GPU reservation included, which no machine here can run; and compose/site.gpu.yml
+over site.yml as they are)."""
 
 from __future__ import annotations
 
@@ -23,10 +24,12 @@ def render(template: str, **variables) -> str:
     return env.get_template(template).render(ansible_managed="Ansible managed", **variables)
 
 
-def compose_config(stack: Path) -> dict:
+def compose_config(stack: Path, *args: str) -> dict:
+    """`docker compose [args] config` in `stack`, as JSON (no engine needed, only the CLI)."""
     if shutil.which("docker") is None or subprocess.run(["docker", "compose", "version"], capture_output=True).returncode:
         pytest.skip("no docker compose CLI here (bash .ci/docker-engine installs it)")
-    done = subprocess.run(["docker", "compose", "config", "--format", "json"], cwd=stack, capture_output=True, text=True)
+    done = subprocess.run(["docker", "compose", *args, "config", "--format", "json"], cwd=stack, capture_output=True,
+                          text=True)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
@@ -51,6 +54,17 @@ def test_cpu_site_stack(tmp_path) -> None:
     data = next(v for v in supernode["volumes"] if v["target"] == "/data")
     assert data["source"] == "/srv/nbfed/data" and data["read_only"] is True
     assert supernode["read_only"] is True and supernode["cap_drop"] == ["ALL"] and not supernode.get("ports")
+
+
+def test_gpu_variant_renders_the_device_reservation(tmp_path):
+    env = tmp_path / ".env"
+    env.write_text("NBFED_SITE_IMAGE=nbfed/site:x-cuda\nNBFED_SITE=site-a\n")
+    site, gpu_file = ROOT / "compose" / "site.yml", ROOT / "compose" / "site.gpu.yml"
+    cpu = compose_config(tmp_path, "--env-file", str(env), "-f", str(site))
+    gpu = compose_config(tmp_path, "--env-file", str(env), "-f", str(site), "-f", str(gpu_file))
+    assert "deploy" not in cpu["services"]["supernode"]
+    devices = gpu["services"]["supernode"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "count": -1, "capabilities": ["gpu"]}]
 
 
 def test_gpu_site_stack_reserves_the_gpus_and_runs_the_cuda_image(tmp_path) -> None:
