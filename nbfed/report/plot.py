@@ -41,7 +41,7 @@ def _per_round(ax, run: dict, rounds: list[dict]) -> None:
     records = [pooled(r) for r in rounds]
     plotted = 0
     markers = "osD^vP"
-    for name, marker in zip(METRIC_NAMES, markers, strict=False):  # (more markers than metrics)
+    for name, marker in zip(METRIC_NAMES, markers, strict=True):
         ys = [p.get(name) for p in records]
         if all(y is None for y in ys):
             continue
