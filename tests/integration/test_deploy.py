@@ -115,9 +115,8 @@ def test_run_after_a_code_only_edit_builds_nothing_and_runs_the_new_code(deploym
     assert all(hosts[site]["changed"] == 0 for site in SITES), hosts  # no stack was touched
     # ... nor even walked: every stack was current, so each host's stage ended at the check
     assert started(deployment) == stacks  # same containers, not restarted
-    for role in ("aggregator", "site"):
-        assert task_result(done.output, f"{role} : List the stack's healthy services and their images",
-                           "local-aggregator" if role == "aggregator" else SITES[0]) == "ok"
+    for role, host in (("aggregator", "local-aggregator"), ("site", SITES[0])):
+        assert task_result(done.output, "stack_current : List the stack's healthy services and their images", host) == "ok"
         assert f"TASK [{role} : Create the stack's directories]" not in done.output, done.output[-5000:]
     first, second = deployment.runs()
     assert_run_completed(second)
