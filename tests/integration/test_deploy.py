@@ -156,7 +156,9 @@ def test_teardown_then_deploy_keeps_results_state_and_keys(deployment, first_dep
     # Same node keys, still registered in SuperLink's kept state; same PKI; results untouched.
     for site in SITES:
         assert (deployment.host_dir(site) / "site" / "keys" / "node.key.pub").read_text() == keys[site]
-        assert task_result(done.output, "site : Register the public key with SuperLink", site) == "ok"
+        assert f"ok: [local-aggregator] => (item={site}.pub)" in done.output.split(
+            "TASK [aggregator : Give the sites' public keys to the stack]", 1)[1].split("\nTASK [", 1)[0]
+    assert task_result(done.output, "aggregator : Register the sites' public keys with SuperLink", "local-aggregator") == "ok"
     assert tree(deployment.control / "pki") == pki
     assert tree(deployment.results) == results
     assert len(deployment.containers()) == 2 + len(SITES)
