@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # elsewhere use BASE_IMAGE=python:3.11-slim-bookworm.
 BASE_IMAGE ?= nbfed/base:bookworm
 
-.PHONY: demo down engine registry run-local test unit lint images dry-run clean
+.PHONY: demo down engine registry run-local test unit lint docs images dry-run clean
 
 $(BIN)/nbfed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,13 @@ lint: $(BIN)/nbfed
 	$(BIN)/ansible-lint
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest -q tests/unit/test_role_docs.py
+
+# Every role's README: its hand-written part stays, the variable table below the marker is
+# made from meta/argument_specs.yml and defaults/main.yml (docs/role-readme/README.md.j2).
+docs: $(BIN)/nbfed
+	ANSIBLE_DOCTOR_TEMPLATE__SRC="local>$(CURDIR)/docs" \
+	    $(BIN)/ansible-doctor -c docs/role-readme/ansible-doctor.yml -r -f roles
 
 unit: $(BIN)/nbfed
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)

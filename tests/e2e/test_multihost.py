@@ -240,9 +240,15 @@ def test_a_fourth_site_changes_only_itself_and_the_aggregator_and_joins_the_next
                                                "images : Push the images (layers the registry has are skipped)"}, changed
     assert "image_delivery : Pull the images" in changed["site-d"], changed
     outside_the_run = {t for t in changed["aggregator"] if not t.startswith("run : ")}
-    assert all(t.startswith("firewall : ") for t in outside_the_run), changed  # the allow-list
+    registry = {"aggregator : Give the sites' public keys to the stack",
+                "aggregator : Register the sites' public keys with SuperLink"}
+    assert all(t.startswith("firewall : ") or t in registry for t in outside_the_run), changed  # allow-list, nodes
     assert any(t.startswith("firewall : Apply the rules") for t in outside_the_run), changed
-    assert "site : Register the public key with SuperLink" in changed["site-d"], changed
+    assert registry <= outside_the_run, changed
+    # ... and of the public keys, only site-d's was new to SuperLink's stack.
+    given = done.output.split("TASK [aggregator : Give the sites' public keys to the stack]", 1)[1].split("\nTASK [", 1)[0]
+    assert [line for line in given.splitlines() if line.startswith("changed:")] == [
+        "changed: [aggregator] => (item=site-d.pub)"], given
     rules = hosts.exec("aggregator", "iptables", "-S", "NBFED-FLEET").stdout
     assert f"-s {hosts.address['site-d']}/32 -j RETURN" in rules, rules
     newest = max((p for p in consortium.results.iterdir() if (p / "rounds.json").exists()), key=lambda p: p.stat().st_mtime)

@@ -92,9 +92,11 @@ def assert_ok(done: subprocess.CompletedProcess, control_node: bool = True) -> d
 
 
 def task_result(output: str, task: str, host: str) -> str:
-    """'ok', 'changed', 'skipping' or 'failed': what `task` reported for `host` (the last time it ran)."""
-    block = output.rsplit(f"TASK [{task}]", 1)[1].split("\nTASK [", 1)[0]
-    for status in ("changed", "ok", "skipping", "fatal"):
-        if f"{status}: [{host}]" in block or f"{status}: [{host} -> " in block:  # (or delegated)
-            return status
-    raise AssertionError(f"no result of {task!r} for {host} in:\n{block}")
+    """'ok', 'changed', 'skipping' or 'failed': what `task` reported for `host` (the last time it
+    ran there: a task of a role that several plays run, such as stack_current, has a block per play)."""
+    blocks = [block.split("\nTASK [", 1)[0] for block in output.split(f"TASK [{task}]")[1:]]
+    for block in reversed(blocks):
+        for status in ("changed", "ok", "skipping", "fatal"):
+            if f"{status}: [{host}]" in block or f"{status}: [{host} -> " in block:  # (or delegated)
+                return status
+    raise AssertionError(f"no result of {task!r} for {host} in:\n{blocks[-1] if blocks else output[-5000:]}")

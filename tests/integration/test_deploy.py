@@ -115,9 +115,8 @@ def test_run_after_a_code_only_edit_builds_nothing_and_runs_the_new_code(deploym
     assert all(hosts[site]["changed"] == 0 for site in SITES), hosts  # no stack was touched
     # ... nor even walked: every stack was current, so each host's stage ended at the check
     assert started(deployment) == stacks  # same containers, not restarted
-    for role in ("aggregator", "site"):
-        assert task_result(done.output, f"{role} : List the stack's healthy services and their images",
-                           "local-aggregator" if role == "aggregator" else SITES[0]) == "ok"
+    for role, host in (("aggregator", "local-aggregator"), ("site", SITES[0])):
+        assert task_result(done.output, "stack_current : List the stack's healthy services and their images", host) == "ok"
         assert f"TASK [{role} : Create the stack's directories]" not in done.output, done.output[-5000:]
     first, second = deployment.runs()
     assert_run_completed(second)
@@ -157,7 +156,9 @@ def test_teardown_then_deploy_keeps_results_state_and_keys(deployment, first_dep
     # Same node keys, still registered in SuperLink's kept state; same PKI; results untouched.
     for site in SITES:
         assert (deployment.host_dir(site) / "site" / "keys" / "node.key.pub").read_text() == keys[site]
-        assert task_result(done.output, "site : Register the public key with SuperLink", site) == "ok"
+        assert f"ok: [local-aggregator] => (item={site}.pub)" in done.output.split(
+            "TASK [aggregator : Give the sites' public keys to the stack]", 1)[1].split("\nTASK [", 1)[0]
+    assert task_result(done.output, "aggregator : Register the sites' public keys with SuperLink", "local-aggregator") == "ok"
     assert tree(deployment.control / "pki") == pki
     assert tree(deployment.results) == results
     assert len(deployment.containers()) == 2 + len(SITES)

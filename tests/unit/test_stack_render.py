@@ -12,16 +12,33 @@ from pathlib import Path
 
 import jinja2
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = {"NBFED_AGGREGATOR_IMAGE": "nbfed/aggregator:a", "NBFED_PROXY_IMAGE": "nbfed/proxy:p",
           "NBFED_SITE_IMAGE": "nbfed/site:s-cpu", "NBFED_SITE_CUDA_IMAGE": "nbfed/site:s-cuda"}
 
 
-def render(template: str, **variables) -> str:
+def environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(ROOT / "roles"), undefined=jinja2.StrictUndefined)
     env.filters["bool"] = bool  # Ansible's (the values here are booleans already)
-    return env.get_template(template).render(ansible_managed="Ansible managed", **variables)
+    return env
+
+
+def render(template: str, **variables) -> str:
+    return environment().get_template(template).render(ansible_managed="Ansible managed", **variables)
+
+
+def layout(name: str, **variables):
+    """A value of playbooks/vars/layout.yml (the stage playbooks pass it to the roles), for IMAGES."""
+    value = yaml.safe_load((ROOT / "playbooks" / "vars" / "layout.yml").read_text())[name]
+    if isinstance(value, dict):
+        return {k: layout_value(v, variables) for k, v in value.items()}
+    return layout_value(value, variables)
+
+
+def layout_value(template: str, variables: dict) -> str:
+    return environment().from_string(template).render(nbfed_layout_images=IMAGES, **variables)
 
 
 def compose_config(stack: Path, *args: str) -> dict:
@@ -39,9 +56,9 @@ def site_stack(tmp_path: Path, gpu: bool, aggregator: str) -> dict:
     for name in files:
         shutil.copy(ROOT / "compose" / name, tmp_path / name)
     (tmp_path / ".env").write_text(render(
-        "site/templates/site.env.j2", site_compose_files=files, nbfed_deployment="clarify", site_name="oslo",
-        site_images=IMAGES, site_gpu=gpu, site_aggregator_address=aggregator, site_aggregator_port=8000,
-        site_data_dir="/srv/nbfed/data"))
+        "site/templates/site.env.j2", site_compose_files=files, site_project="nbfed-clarify-site-oslo", site_name="oslo",
+        site_images=layout("nbfed_layout_site_images", site_gpu=gpu), site_aggregator_address=aggregator,
+        site_aggregator_port=8000, site_data_dir="/srv/nbfed/data"))
     return compose_config(tmp_path)["services"]["supernode"]
 
 
@@ -84,7 +101,8 @@ def test_site_on_the_aggregators_machine_reaches_it_through_the_host_gateway(tmp
 def test_aggregator_stack_publishes_the_fleet_port_and_keeps_the_control_api_on_loopback(tmp_path, bind) -> None:
     shutil.copy(ROOT / "compose" / "aggregator.yml", tmp_path)
     (tmp_path / ".env").write_text(render(
-        "aggregator/templates/aggregator.env.j2", nbfed_deployment="clarify", aggregator_images=IMAGES,
+        "aggregator/templates/aggregator.env.j2", aggregator_project="nbfed-clarify-aggregator",
+        aggregator_images=layout("nbfed_layout_aggregator_images"),
         aggregator_publish_address=bind, aggregator_port=8443, aggregator_control_port=9093))
     services = compose_config(tmp_path)["services"]
     assert set(services) == {"superlink", "proxy"}  # the runner is a tool (profile), never started by `up`
