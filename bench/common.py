@@ -20,15 +20,21 @@ def machine(*, flower: bool = False, docker: bool = False, load: bool = False, *
     the Docker Engine's, with `load` the load average (the machine may be shared: how busy it was
     before the first run); then `extra` and the date."""
     cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
-    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), platform.processor())
-    found: dict = {"cpus": os.cpu_count(), "cpu": cpu,
-                   "memory_mib": int(Path("/proc/meminfo").read_text().split()[1]) // 1024,
-                   "python": platform.python_version()}
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), platform.processor()
+    )
+    found: dict = {
+        "cpus": os.cpu_count(),
+        "cpu": cpu,
+        "memory_mib": int(Path("/proc/meminfo").read_text().split()[1]) // 1024,
+        "python": platform.python_version(),
+    }
     if flower:
         found |= {"flwr": version("flwr"), "torch": version("torch")}
     if docker:
-        found["docker"] = subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"],
-                                         capture_output=True, text=True).stdout.strip()
+        found["docker"] = subprocess.run(
+            ["docker", "version", "--format", "{{.Server.Version}}"], capture_output=True, text=True
+        ).stdout.strip()
     if load:
         found["load_average"] = [round(x, 2) for x in os.getloadavg()]
     return {**found, **extra, "date": datetime.now(UTC).isoformat(timespec="seconds")}
@@ -36,5 +42,9 @@ def machine(*, flower: bool = False, docker: bool = False, load: bool = False, *
 
 def summary(values: list[float], digits: int = 2) -> dict:
     """Median, range and every value, rounded to `digits`."""
-    return {"median": round(statistics.median(values), digits), "min": round(min(values), digits),
-            "max": round(max(values), digits), "runs": [round(v, digits) for v in values]}
+    return {
+        "median": round(statistics.median(values), digits),
+        "min": round(min(values), digits),
+        "max": round(max(values), digits),
+        "runs": [round(v, digits) for v in values],
+    }

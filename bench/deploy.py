@@ -47,11 +47,21 @@ console = Console()
 
 
 def playbook(playbook: str, extra: dict, *args: str, inventory: str = "inventory/local") -> tuple[float, str]:
-    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
-               PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
+    env = dict(
+        os.environ,
+        ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
+        ANSIBLE_NOCOLOR="1",
+        PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}",
+    )
     started = time.monotonic()
-    done = subprocess.run([str(BIN / "ansible-playbook"), playbook, "-i", inventory, "-e", json.dumps(extra), *args],
-                          cwd=ROOT, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    done = subprocess.run(
+        [str(BIN / "ansible-playbook"), playbook, "-i", inventory, "-e", json.dumps(extra), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
     took = time.monotonic() - started
     if done.returncode != 0:
         sys.exit(f"{playbook} failed:\n{(done.stdout + done.stderr)[-5000:]}")
@@ -102,11 +112,17 @@ def main() -> None:
     runs = 1 if args.smoke else args.runs
 
     work = Path(tempfile.mkdtemp(prefix="nbfed-bench-"))
-    subprocess.run([str(BIN / "nbfed"), "synth-data", "-o", str(work / "data"), "--scale", "0.05"],
-                   check=True, capture_output=True)
-    extra = {"nbfed_deployment": DEPLOYMENT, "nbfed_local_data": str(work / "data"),
-             "nbfed_results_dir": str(work / "results"), "nbfed_rounds": 1 if args.smoke else 2,
-             "aggregator_port": free_port(), "aggregator_control_port": free_port()}
+    subprocess.run(
+        [str(BIN / "nbfed"), "synth-data", "-o", str(work / "data"), "--scale", "0.05"], check=True, capture_output=True
+    )
+    extra = {
+        "nbfed_deployment": DEPLOYMENT,
+        "nbfed_local_data": str(work / "data"),
+        "nbfed_results_dir": str(work / "results"),
+        "nbfed_rounds": 1 if args.smoke else 2,
+        "aggregator_port": free_port(),
+        "aggregator_control_port": free_port(),
+    }
     aggregator_results = ROOT / ".nbfed" / DEPLOYMENT / "hosts" / "local-aggregator" / "aggregator" / "results"
     measured: dict[str, dict] = {}
     try:
@@ -121,8 +137,11 @@ def main() -> None:
             warm.append(took)
             warm_submit.append(until(out, "TASK [run : Submit run"))
             warm_stages.append(stages(out, took))
-        measured["warm deploy"] = {"total": summary(warm), "reaches training": summary(warm_submit),
-                                   "stages": {k: summary([s[k] for s in warm_stages]) for k in warm_stages[0]}}
+        measured["warm deploy"] = {
+            "total": summary(warm),
+            "reaches training": summary(warm_submit),
+            "stages": {k: summary([s[k] for s in warm_stages]) for k in warm_stages[0]},
+        }
 
         noop = []
         for n in range(runs):
@@ -145,16 +164,24 @@ def main() -> None:
             rounds = json.loads((aggregator_results / name / "rounds.json").read_text())
             to_round.append(first_event(aggregator_results / name, "round_started") - started)
             to_done.append(to_round[-1] + rounds[0]["duration_s"])
-            assert "images : Build the images (cached by content)" in out and "changed: [localhost]" not in \
-                out.split("TASK [images : Build the images (cached by content)]", 1)[1].split("TASK [", 1)[0]
-        measured["notebook edit to training"] = {"round 1 sent to every site": summary(to_round),
-                                                 "round 1 done": summary(to_done)}
+            assert (
+                "images : Build the images (cached by content)" in out
+                and "changed: [localhost]"
+                not in out.split("TASK [images : Build the images (cached by content)]", 1)[1].split("TASK [", 1)[0]
+            )
+        measured["notebook edit to training"] = {
+            "round 1 sent to every site": summary(to_round),
+            "round 1 done": summary(to_done),
+        }
     finally:
         if not args.keep:
             playbook("playbooks/teardown.yml", {**extra, "teardown_purge": True, "teardown_purge_confirmed": True})
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"machine": machine(docker=True), "runs": runs, "smoke": args.smoke, "results": measured}, indent=2) + "\n")
+    args.out.write_text(
+        json.dumps({"machine": machine(docker=True), "runs": runs, "smoke": args.smoke, "results": measured}, indent=2)
+        + "\n"
+    )
     table = Table("measure", "median s", "range s", title=f"inventory/local, {runs} run(s) each")
     for what, values in measured.items():
         for key, value in values.items():

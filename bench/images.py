@@ -41,8 +41,19 @@ console = Console()
 
 
 def build(notebook: Path, flavours: list[str], base: str) -> tuple[float, dict]:
-    argv = [str(BIN / "nbfed"), "build-images", str(notebook), "--json", "--base-image", base,
-            "--build-dir", str(ROOT / "build"), "--env-file", os.devnull, *(f"--flavour={f}" for f in flavours)]
+    argv = [
+        str(BIN / "nbfed"),
+        "build-images",
+        str(notebook),
+        "--json",
+        "--base-image",
+        base,
+        "--build-dir",
+        str(ROOT / "build"),
+        "--env-file",
+        os.devnull,
+        *(f"--flavour={f}" for f in flavours),
+    ]
     started = time.monotonic()
     done = subprocess.run(argv, capture_output=True, text=True)
     took = time.monotonic() - started
@@ -111,13 +122,25 @@ def main() -> None:
 
     sizes = {ref: int(docker("image", "inspect", "--format", "{{.Size}}", ref).stdout) for ref in refs}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"machine": machine(docker=True, base_image=args.base_image), "smoke": args.smoke, "sizes_bytes": sizes,
-                                    "builds_s": measured}, indent=2) + "\n")
+    args.out.write_text(
+        json.dumps(
+            {
+                "machine": machine(docker=True, base_image=args.base_image),
+                "smoke": args.smoke,
+                "sizes_bytes": sizes,
+                "builds_s": measured,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
 
     table = Table("image", "size", title="Image sizes")
     for ref, size in sizes.items():
         table.add_row(ref, f"{size / 1e9:.2f} GB")
-    times = Table("build", "median s", "range s", title=f"Build times ({'smoke' if args.smoke else f'{args.runs} runs'})")
+    times = Table(
+        "build", "median s", "range s", title=f"Build times ({'smoke' if args.smoke else f'{args.runs} runs'})"
+    )
     for what, value in measured.items():
         times.add_row(what, f"{value['median']:.1f}", f"{value['min']:.1f}-{value['max']:.1f}")
     console.print(table, times)

@@ -89,18 +89,36 @@ def bits_per_second(rate: str) -> float:
 def measure_links(hosts: Hosts, sites: list[str], probe_bytes: int) -> dict[str, dict]:
     """Mbit/s each site's link carries, each way, in one TCP transfer."""
     aggregator = hosts.address["aggregator"]
-    hosts.exec("aggregator", "sh", "-c", f"python3 -c \"$0\" {PROBE_PORT} {len(sites)} {probe_bytes} "
-               "</dev/null >/dev/null 2>&1 &", SERVE)
+    hosts.exec(
+        "aggregator",
+        "sh",
+        "-c",
+        f'python3 -c "$0" {PROBE_PORT} {len(sites)} {probe_bytes} </dev/null >/dev/null 2>&1 &',
+        SERVE,
+    )
     measured = {}
     for site in sites:
-        down, up = map(float, hosts.exec(site, "python3", "-c", PROBE, aggregator, str(PROBE_PORT),
-                                         str(probe_bytes), timeout=300).stdout.split())
+        down, up = map(
+            float,
+            hosts.exec(
+                site, "python3", "-c", PROBE, aggregator, str(PROBE_PORT), str(probe_bytes), timeout=300
+            ).stdout.split(),
+        )
         measured[site] = {"download_mbit_s": round(down, 1), "upload_mbit_s": round(up, 1)}
     return measured
 
 
-def measure(hosts: Hosts, inventory: str, results_dir: Path, sites: list[str], rate: str, params: int,
-            rounds: int, dtypes: list[str], write: Callable[[dict], None] = lambda _: None) -> dict:
+def measure(
+    hosts: Hosts,
+    inventory: str,
+    results_dir: Path,
+    sites: list[str],
+    rate: str,
+    params: int,
+    rounds: int,
+    dtypes: list[str],
+    write: Callable[[dict], None] = lambda _: None,
+) -> dict:
     """Cap every site's link at `rate`, measure the links, then run the overhead notebook once
     per transfer dtype on the deployment `inventory` describes; the caps are lifted at the end."""
     measured: dict = {"links": {}, "runs": []}
@@ -114,16 +132,35 @@ def measure(hosts: Hosts, inventory: str, results_dir: Path, sites: list[str], r
         for dtype in dtypes:
             name = f"links-{dtype}-{int(time.time())}"
             model_bytes = size * (4 if dtype == "float32" else 2)
-            with console.status(f"{rounds} round(s) of {size / 1e6:.0f} M parameters, {dtype} transfers, over {rate} links"):
-                playbook("playbooks/run.yml", {"nbfed_notebook": str(NOTEBOOK), "run_name": name, "nbfed_rounds": rounds,
-                                               "run_settings": {"num_params": params, "nbfed.transfer-dtype": dtype,
-                                                                "nbfed.fraction-evaluate": 0}}, inventory=inventory)
+            with console.status(
+                f"{rounds} round(s) of {size / 1e6:.0f} M parameters, {dtype} transfers, over {rate} links"
+            ):
+                playbook(
+                    "playbooks/run.yml",
+                    {
+                        "nbfed_notebook": str(NOTEBOOK),
+                        "run_name": name,
+                        "nbfed_rounds": rounds,
+                        "run_settings": {
+                            "num_params": params,
+                            "nbfed.transfer-dtype": dtype,
+                            "nbfed.fraction-evaluate": 0,
+                        },
+                    },
+                    inventory=inventory,
+                )
             durations = [r["duration_s"] for r in json.loads((results_dir / name / "rounds.json").read_text())]
             limit = 2 * model_bytes * 8 / bits_per_second(rate)
-            measured["runs"].append({"dtype": dtype, "model_bytes": model_bytes, "rounds_s": [round(r, 1) for r in durations],
-                                     "round_median_s": round(statistics.median(durations), 1),
-                                     "physical_limit_s": round(limit, 1),
-                                     "over_limit": round(statistics.median(durations) / limit, 2)})
+            measured["runs"].append(
+                {
+                    "dtype": dtype,
+                    "model_bytes": model_bytes,
+                    "rounds_s": [round(r, 1) for r in durations],
+                    "round_median_s": round(statistics.median(durations), 1),
+                    "physical_limit_s": round(limit, 1),
+                    "over_limit": round(statistics.median(durations) / limit, 2),
+                }
+            )
             write(measured)  # after every run: a later one may fail
     finally:
         for site in sites:
@@ -140,7 +177,9 @@ def main() -> None:
     parser.add_argument("--sites", type=int, default=3)
     parser.add_argument("--base-image", default=os.environ.get("NBFED_BASE_IMAGE", "nbfed/base:bookworm"))
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "links.json")
-    parser.add_argument("--smoke", action="store_true", help="one site, small model, one round: checks the script end to end")
+    parser.add_argument(
+        "--smoke", action="store_true", help="one site, small model, one round: checks the script end to end"
+    )
     args = parser.parse_args()
     if args.smoke:
         args.sites, args.params, args.rounds, args.dtype = 1, 100_000, 1, ["float16"]
@@ -155,12 +194,27 @@ def main() -> None:
     data = work / "data"
     (data / "test").mkdir(parents=True)
     (data / "train").mkdir()
-    settings = group_vars(work, args.base_image, nbfed_notebook=str(NOTEBOOK), nbfed_rounds=1,
-                          nbfed_min_sites=len(sites), nbfed_fraction_train=1.0, nbfed_round_timeout=3600)
-    results: dict = {"machine": machine(docker=True), "smoke": args.smoke, "rate": args.rate, "sites": len(sites),
-                     "params": num_params(args.params, WIDTH), "rounds": args.rounds}
-    with console.status(f"starting {len(sites)} site hosts and an aggregator host"), \
-            Hosts(["aggregator", *sites], work, host_image(args.base_image)) as hosts:
+    settings = group_vars(
+        work,
+        args.base_image,
+        nbfed_notebook=str(NOTEBOOK),
+        nbfed_rounds=1,
+        nbfed_min_sites=len(sites),
+        nbfed_fraction_train=1.0,
+        nbfed_round_timeout=3600,
+    )
+    results: dict = {
+        "machine": machine(docker=True),
+        "smoke": args.smoke,
+        "rate": args.rate,
+        "sites": len(sites),
+        "params": num_params(args.params, WIDTH),
+        "rounds": args.rounds,
+    }
+    with (
+        console.status(f"starting {len(sites)} site hosts and an aggregator host"),
+        Hosts(["aggregator", *sites], work, host_image(args.base_image)) as hosts,
+    ):
         for i, site in enumerate(sites):  # the notebook's data: the site's weight offset
             (data / "train" / "offset.txt").write_text(f"{1e-6 * (i + 1)!r}\n")
             hosts.copy_to(site, data, "/srv/nbfed/data")
@@ -169,10 +223,24 @@ def main() -> None:
         for deploy in ("first deploy", "warm deploy"):  # hosts with no image, then nothing changed
             with console.status(f"{deploy}: deploy.yml on the hosts"):
                 took, out = playbook("deploy.yml", {}, inventory=inventory)
-            results[deploy] = {"total_s": round(took, 1), "reaches_training_s": round(until(out, "TASK [run : Submit run"), 1),
-                               "stages_s": {k: round(v, 1) for k, v in stages(out, took).items()}}
-        results.update(measure(hosts, inventory, work / "results", sites, args.rate, args.params, args.rounds,
-                               args.dtype or ["float32", "float16"], write))
+            results[deploy] = {
+                "total_s": round(took, 1),
+                "reaches_training_s": round(until(out, "TASK [run : Submit run"), 1),
+                "stages_s": {k: round(v, 1) for k, v in stages(out, took).items()},
+            }
+        results.update(
+            measure(
+                hosts,
+                inventory,
+                work / "results",
+                sites,
+                args.rate,
+                args.params,
+                args.rounds,
+                args.dtype or ["float32", "float16"],
+                write,
+            )
+        )
         playbook("playbooks/teardown.yml", {}, inventory=inventory)
     write({})
     params = results["params"]
@@ -180,12 +248,24 @@ def main() -> None:
     links = Table("site", "download Mbit/s", "upload Mbit/s", title=f"links capped at {args.rate} (tc tbf)")
     for site, link in results["links"].items():
         links.add_row(site, f"{link['download_mbit_s']:.0f}", f"{link['upload_mbit_s']:.0f}")
-    rounds = Table("transfers", "model MB", "round s (median)", "rounds s", "physical limit s", "x limit",
-                   title=f"{params / 1e6:.1f} M parameters, {len(sites)} sites, training only")
+    rounds = Table(
+        "transfers",
+        "model MB",
+        "round s (median)",
+        "rounds s",
+        "physical limit s",
+        "x limit",
+        title=f"{params / 1e6:.1f} M parameters, {len(sites)} sites, training only",
+    )
     for run in results["runs"]:
-        rounds.add_row(run["dtype"], f"{run['model_bytes'] / 1e6:.0f}", f"{run['round_median_s']:.1f}",
-                       ", ".join(f"{r:.1f}" for r in run["rounds_s"]), f"{run['physical_limit_s']:.1f}",
-                       f"{run['over_limit']:.2f}")
+        rounds.add_row(
+            run["dtype"],
+            f"{run['model_bytes'] / 1e6:.0f}",
+            f"{run['round_median_s']:.1f}",
+            ", ".join(f"{r:.1f}" for r in run["rounds_s"]),
+            f"{run['physical_limit_s']:.1f}",
+            f"{run['over_limit']:.2f}",
+        )
     first, warm = results["first deploy"], results["warm deploy"]
     deploy = Table("stage", "first deploy s", "warm deploy s", title=f"deploy.yml on {len(sites) + 1} hosts")
     for stage, seconds in first["stages_s"].items():

@@ -43,10 +43,19 @@ APPS = {
     "raw": BenchApp("raw Flower", 2, warm=False),
     "nbfed": BenchApp("nbfed", 3, warm=True),
     "nbfed-train": BenchApp("nbfed, train only", 2, warm=True, overrides=TRAIN_ONLY),
-    "nbfed-train-flower-supernode": BenchApp("nbfed, train only, Flower's SuperNode", 2, warm=False, overrides=TRAIN_ONLY),
-    "nbfed-train-float16": BenchApp("nbfed, train only, float16 transfers", 2, warm=True, value_bytes=2,
-                                    overrides={**TRAIN_ONLY, "nbfed.transfer-dtype": "float16"}),
-    "nbfed-fedavg": BenchApp("nbfed, train only, Flower's FedAvg", 2, warm=True, overrides=TRAIN_ONLY, flower_fedavg=True),
+    "nbfed-train-flower-supernode": BenchApp(
+        "nbfed, train only, Flower's SuperNode", 2, warm=False, overrides=TRAIN_ONLY
+    ),
+    "nbfed-train-float16": BenchApp(
+        "nbfed, train only, float16 transfers",
+        2,
+        warm=True,
+        value_bytes=2,
+        overrides={**TRAIN_ONLY, "nbfed.transfer-dtype": "float16"},
+    ),
+    "nbfed-fedavg": BenchApp(
+        "nbfed, train only, Flower's FedAvg", 2, warm=True, overrides=TRAIN_ONLY, flower_fedavg=True
+    ),
 }
 DEFAULT_APPS = ["raw", "nbfed", "nbfed-train", "nbfed-train-flower-supernode"]
 MIN_AVAILABLE_KIB = 1_500_000  # stop a run before the host runs out of memory, as the anchor does
@@ -72,8 +81,9 @@ class FlowerWatch(ProcessWatch):
             command = cmdline(pid)
             if b"flwr-serverapp" in command:
                 self.serverapp_kib = max(self.serverapp_kib, table[pid][1])
-            elif ((b"flwr-clientapp" in command and b"/nbfed-supernode-" not in command)
-                  or (b"--zygote" in command and b"--zygote" in cmdline(table[pid][0]))):
+            elif (b"flwr-clientapp" in command and b"/nbfed-supernode-" not in command) or (
+                b"--zygote" in command and b"--zygote" in cmdline(table[pid][0])
+            ):
                 # Flower's own ClientApp process, or one nbfed's zygote forked (not the
                 # flwr-clientapp shim that asked for it and left)
                 self.clientapps.setdefault(pid, [now, now])[1] = now
@@ -109,8 +119,15 @@ def read_events(path: Path) -> list[dict]:
     return [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines() if line]
 
 
-def wait_until(finished: Callable[[list[dict]], bool], events: Path, fed: LocalFederation, client: SuperLinkClient,
-               run_id: int, watch: ProcessWatch, timeout: float) -> list[dict]:
+def wait_until(
+    finished: Callable[[list[dict]], bool],
+    events: Path,
+    fed: LocalFederation,
+    client: SuperLinkClient,
+    run_id: int,
+    watch: ProcessWatch,
+    timeout: float,
+) -> list[dict]:
     """Follow the events file until `finished` says so. Nothing else runs meanwhile: a `flwr`
     call costs a CPU-second, so SuperLink is asked about the run only when the file stays quiet."""
     deadline, quiet_since, seen = time.monotonic() + timeout, time.monotonic(), 0
@@ -131,18 +148,27 @@ def wait_until(finished: Callable[[list[dict]], bool], events: Path, fed: LocalF
     return lines
 
 
-def run_raw(client: SuperLinkClient, fed: LocalFederation, watch: ProcessWatch, work: Path, args, nodes: int) -> list[tuple[float, float]]:
+def run_raw(
+    client: SuperLinkClient, fed: LocalFederation, watch: ProcessWatch, work: Path, args, nodes: int
+) -> list[tuple[float, float]]:
     """Run the anchor's app to the end; (start, end) of every round."""
     app = shutil.copytree(args.anchor / "app", work / "app", ignore=shutil.ignore_patterns("__pycache__"))
     for path in [app, *app.rglob("*")]:  # an anchor elsewhere may be read-only; this copy is ours to delete
         path.chmod(path.stat().st_mode | 0o200)
     events = work / "events.jsonl"
-    settings = {"num-server-rounds": args.rounds, "num-params": args.params, "layer-width": args.width,
-                "num-nodes": nodes, "out-file": str(events)}
+    settings = {
+        "num-server-rounds": args.rounds,
+        "num-params": args.params,
+        "layer-width": args.width,
+        "num-nodes": nodes,
+        "out-file": str(events),
+    }
     overrides = work / "overrides.toml"
     overrides.write_text("".join(f'"{key}" = {toml_value(value)}\n' for key, value in settings.items()))
     run_id = client.submit(app, overrides)
-    lines = wait_until(lambda lines: any(e["ev"] == "done" for e in lines), events, fed, client, run_id, watch, args.timeout)
+    lines = wait_until(
+        lambda lines: any(e["ev"] == "done" for e in lines), events, fed, client, run_id, watch, args.timeout
+    )
     times = defaultdict(dict)
     for event in lines:
         if "rnd" in event:
@@ -157,8 +183,10 @@ def with_flower_fedavg(work: Path, nodes: int) -> Path:
     cell = nbformat.v4.new_code_cell(
         "def build_strategy(config: dict):\n"
         "    from flwr.serverapp.strategy import FedAvg\n\n"
-        f"    return FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes={nodes}, min_available_nodes={nodes})\n",
-        id="strategy")
+        "    return FedAvg(fraction_train=1.0, fraction_evaluate=0.0, "
+        f"min_train_nodes={nodes}, min_available_nodes={nodes})\n",
+        id="strategy",
+    )
     cell.metadata["tags"] = ["strategy"]
     notebook.cells.append(cell)
     work.mkdir(parents=True, exist_ok=True)
@@ -166,12 +194,22 @@ def with_flower_fedavg(work: Path, nodes: int) -> Path:
     return work / NOTEBOOK.name
 
 
-def run_nbfed(client: SuperLinkClient, fed: LocalFederation, watch: ProcessWatch, work: Path, args, nodes: int,
-              app: BenchApp) -> list[tuple[float, float]]:
+def run_nbfed(
+    client: SuperLinkClient, fed: LocalFederation, watch: ProcessWatch, work: Path, args, nodes: int, app: BenchApp
+) -> list[tuple[float, float]]:
     """Convert a bench notebook and run it to the end as `nbfed run-local` does; (start, end) of every round."""
     notebook = with_flower_fedavg(work, nodes) if app.flower_fedavg else NOTEBOOK
-    run = prepare_run(notebook, work / "results", {"num_rounds": args.rounds, "num_params": args.params,
-                                                   "layer_width": args.width, "nbfed.min-sites": nodes, **app.overrides})
+    run = prepare_run(
+        notebook,
+        work / "results",
+        {
+            "num_rounds": args.rounds,
+            "num_params": args.params,
+            "layer_width": args.width,
+            "nbfed.min-sites": nodes,
+            **app.overrides,
+        },
+    )
     run_id = client.submit(run.app_dir, run.overrides)
 
     def finished(lines: list[dict]) -> bool:
@@ -181,7 +219,10 @@ def run_nbfed(client: SuperLinkClient, fed: LocalFederation, watch: ProcessWatch
 
     lines = wait_until(finished, run.results / "events.jsonl", fed, client, run_id, watch, args.timeout)
     started = {e["round"]: e["time"] for e in lines if e["event"] == "round_started"}
-    return [(started[r["round"]], started[r["round"]] + r["duration_s"]) for r in json.loads((run.results / "rounds.json").read_text())]
+    return [
+        (started[r["round"]], started[r["round"]] + r["duration_s"])
+        for r in json.loads((run.results / "rounds.json").read_text())
+    ]
 
 
 def run_once(app: str, nodes: int, work: Path, args) -> dict:
@@ -207,8 +248,11 @@ def run_once(app: str, nodes: int, work: Path, args) -> dict:
         "startup_s": round(rounds[0][1] - t0, 3),
         "rounds_s": [round(end - start, 3) for start, end in rounds],
         "between_rounds_s": [round(start - end, 3) for (_, end), (start, _) in zip(rounds, rounds[1:], strict=False)],
-        "peak_rss_mib": {"superlink_tree": kib["superlink"] // 1024, "serverapp": watch.serverapp_kib // 1024,
-                         "supernode_trees": [kib[name] // 1024 for name in kib if name != "superlink"]},
+        "peak_rss_mib": {
+            "superlink_tree": kib["superlink"] // 1024,
+            "serverapp": watch.serverapp_kib // 1024,
+            "supernode_trees": [kib[name] // 1024 for name in kib if name != "superlink"],
+        },
         "clientapp_lifetimes_s": watch.clientapp_lifetimes(),
         "min_available_mib": watch.min_available_kib // 1024,
     }

@@ -11,9 +11,28 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+# What the markdown says under the table (flush left, so each line stays as it is written out).
+NOTES = """\
+- Raw Flower's round is training only, and so is every `train only` row (`nbfed.fraction-evaluate = 0`);
+  nbfed's default also evaluates at every site each round, so its round moves the model 3 times per node
+  instead of 2 (MB/round: 10^6 bytes of float32 weights). Raw Flower and `Flower's SuperNode` rows run
+  Flower's own SuperNodes; the others nbfed's (warm ClientApps, short polls). `Flower's FedAvg`: a strategy
+  cell with Flower's FedAvg, which holds every reply at once; nbfed's folds each in as it arrives.
+- startup: processes spawned to round 1 done (SuperLink and SuperNodes starting, `flwr run`, the ServerApp).
+- round 1, rounds 2+: median (range) over runs, and over the later rounds of every run; MB/s uses rounds 2+.
+- between: median end of one round to the start of the next (nbfed saves its checkpoint there).
+- ClientApp: median lifetime of a ClientApp process, one per message: Flower's SuperNode starts
+  `flwr-clientapp` (spawn, imports), nbfed's forks a warm one; then the app's work and the reply (seen every 0.2 s).
+- Peak RSS summed over each process tree: SuperLink with SuperExec and the ServerApp (the ServerApp alone
+  in brackets); each SuperNode with SuperExec and its ClientApps (median and max over nodes and runs)."""
+
 
 def spread(values: list[float]) -> dict | None:
-    return {"median": round(statistics.median(values), 3), "min": min(values), "max": max(values), "n": len(values)} if values else None
+    return (
+        {"median": round(statistics.median(values), 3), "min": min(values), "max": max(values), "n": len(values)}
+        if values
+        else None
+    )
 
 
 def summarize(app: str, nodes: int, runs: list[dict], args) -> dict:
@@ -37,8 +56,10 @@ def summarize(app: str, nodes: int, runs: list[dict], args) -> dict:
         "throughput_mb_s": round(moved / 1e6 / typical, 2),
         "peak_superlink_tree_mib": statistics.median(run["peak_rss_mib"]["superlink_tree"] for run in runs),
         "peak_serverapp_mib": statistics.median(run["peak_rss_mib"]["serverapp"] for run in runs),
-        "peak_supernode_tree_mib": {"median": statistics.median(m for run in runs for m in run["peak_rss_mib"]["supernode_trees"]),
-                                    "max": max(m for run in runs for m in run["peak_rss_mib"]["supernode_trees"])},
+        "peak_supernode_tree_mib": {
+            "median": statistics.median(m for run in runs for m in run["peak_rss_mib"]["supernode_trees"]),
+            "max": max(m for run in runs for m in run["peak_rss_mib"]["supernode_trees"]),
+        },
     }
 
 
@@ -46,20 +67,47 @@ def table(summaries: list[dict], args, markdown: bool = False) -> Table:
     def s(value: dict | None, ranged: bool = True) -> str:
         if value is None:
             return "-"
-        return f"{value['median']:.2f} ({value['min']:.2f}-{value['max']:.2f})" if ranged and value["n"] > 1 else f"{value['median']:.2f}"
+        return (
+            f"{value['median']:.2f} ({value['min']:.2f}-{value['max']:.2f})"
+            if ranged and value["n"] > 1
+            else f"{value['median']:.2f}"
+        )
 
-    title = None if markdown else (f"{num_params(args.params, args.width):,} parameters, "
-                                   f"{args.rounds} rounds x {args.runs} runs")
-    out = Table("app", "nodes", "startup s", "round 1 s", "rounds 2+ s", "between s", "ClientApp s", "MB/round", "MB/s",
-                "SuperLink MiB (ServerApp)", "SuperNode MiB (max)",
-                title=title, box=box.MARKDOWN if markdown else box.HEAVY_HEAD)
+    title = (
+        None
+        if markdown
+        else (f"{num_params(args.params, args.width):,} parameters, {args.rounds} rounds x {args.runs} runs")
+    )
+    out = Table(
+        "app",
+        "nodes",
+        "startup s",
+        "round 1 s",
+        "rounds 2+ s",
+        "between s",
+        "ClientApp s",
+        "MB/round",
+        "MB/s",
+        "SuperLink MiB (ServerApp)",
+        "SuperNode MiB (max)",
+        title=title,
+        box=box.MARKDOWN if markdown else box.HEAVY_HEAD,
+    )
     for row in summaries:
         node = row["peak_supernode_tree_mib"]
-        out.add_row(row["app"], str(row["nodes"]), s(row["startup_s"], False), s(row["round_1_s"]), s(row["later_rounds_s"]),
-                    s(row["between_rounds_s"], False), s(row["clientapp_s"], False),
-                    f"{row['bytes_per_round'] / 1e6:.1f}", f"{row['throughput_mb_s']:.1f}",
-                    f"{row['peak_superlink_tree_mib']:.0f} ({row['peak_serverapp_mib']:.0f})",
-                    f"{node['median']:.0f} ({node['max']:.0f})")
+        out.add_row(
+            row["app"],
+            str(row["nodes"]),
+            s(row["startup_s"], False),
+            s(row["round_1_s"]),
+            s(row["later_rounds_s"]),
+            s(row["between_rounds_s"], False),
+            s(row["clientapp_s"], False),
+            f"{row['bytes_per_round'] / 1e6:.1f}",
+            f"{row['throughput_mb_s']:.1f}",
+            f"{row['peak_superlink_tree_mib']:.0f} ({row['peak_serverapp_mib']:.0f})",
+            f"{node['median']:.0f} ({node['max']:.0f})",
+        )
     return out
 
 
@@ -67,28 +115,22 @@ def write_markdown(path: Path, results: dict, summaries: list[dict], args) -> No
     m = results["machine"]
     rendered = io.StringIO()
     Console(file=rendered, width=400, color_system=None).print(table(summaries, args, markdown=True))
-    path.write_text("\n".join([
-        "# Round overhead: nbfed against raw Flower",
-        "",
-        f"`{results['command']}` on {m['date']}: {num_params(args.params, args.width):,} parameters, "
-        f"{args.rounds} rounds, {args.runs} run(s) per app, every process on one machine over loopback "
-        f"({m['cpus']} CPUs, {m['cpu']}, {m['memory_mib']} MiB, load average {m['load_average'][0]} at the start; "
-        f"Python {m['python']}, flwr {m['flwr']}, torch {m['torch']}).",
-        "",
-        "\n".join(line.rstrip() for line in rendered.getvalue().strip("\n").splitlines() if line.strip()),
-        "",
-        "- Raw Flower's round is training only, and so is every `train only` row (`nbfed.fraction-evaluate = 0`);",
-        "  nbfed's default also evaluates at every site each round, so its round moves the model 3 times per node",
-        "  instead of 2 (MB/round: 10^6 bytes of float32 weights). Raw Flower and `Flower's SuperNode` rows run",
-        "  Flower's own SuperNodes; the others nbfed's (warm ClientApps, short polls). `Flower's FedAvg`: a strategy",
-        "  cell with Flower's FedAvg, which holds every reply at once; nbfed's folds each in as it arrives.",
-        "- startup: processes spawned to round 1 done (SuperLink and SuperNodes starting, `flwr run`, the ServerApp).",
-        "- round 1, rounds 2+: median (range) over runs, and over the later rounds of every run; MB/s uses rounds 2+.",
-        "- between: median end of one round to the start of the next (nbfed saves its checkpoint there).",
-        "- ClientApp: median lifetime of a ClientApp process, one per message: Flower's SuperNode starts",
-        "  `flwr-clientapp` (spawn, imports), nbfed's forks a warm one; then the app's work and the reply (seen every 0.2 s).",
-        "- Peak RSS summed over each process tree: SuperLink with SuperExec and the ServerApp (the ServerApp alone",
-        "  in brackets); each SuperNode with SuperExec and its ClientApps (median and max over nodes and runs).",
-        f"- Every run is in `{path.with_suffix('.json').name}`.",
-        "",
-    ]))
+    path.write_text(
+        "\n".join(
+            [
+                "# Round overhead: nbfed against raw Flower",
+                "",
+                f"`{results['command']}` on {m['date']}: {num_params(args.params, args.width):,} parameters, "
+                f"{args.rounds} rounds, {args.runs} run(s) per app, every process on one machine over loopback "
+                f"({m['cpus']} CPUs, {m['cpu']}, {m['memory_mib']} MiB, "
+                f"load average {m['load_average'][0]} at the start; "
+                f"Python {m['python']}, flwr {m['flwr']}, torch {m['torch']}).",
+                "",
+                "\n".join(line.rstrip() for line in rendered.getvalue().strip("\n").splitlines() if line.strip()),
+                "",
+                NOTES,
+                f"- Every run is in `{path.with_suffix('.json').name}`.",
+                "",
+            ]
+        )
+    )

@@ -75,7 +75,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--runs", type=int, default=3, help="repetitions of each app, each on fresh processes")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "round_overhead.json")
-    parser.add_argument("--apps", nargs="+", choices=list(APPS), help=f"default: {' '.join(DEFAULT_APPS)}; with --smoke: raw nbfed")
+    parser.add_argument(
+        "--apps", nargs="+", choices=list(APPS), help=f"default: {' '.join(DEFAULT_APPS)}; with --smoke: raw nbfed"
+    )
     parser.add_argument("--anchor", type=Path, default=ANCHOR, help="the raw-Flower anchor (its app/ is run)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds one run may take")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (every process's log)")
@@ -88,13 +90,26 @@ def main() -> None:
 
     apps = args.apps or (["raw", "nbfed"] if args.smoke else list(DEFAULT_APPS))
     if "raw" in apps and not (args.anchor / "app" / "pyproject.toml").is_file():
-        console.print(f"[yellow]no raw-Flower anchor at {args.anchor} (--anchor or NBFED_RAW_FLOWER_ANCHOR): nbfed only[/yellow]")
+        console.print(
+            f"[yellow]no raw-Flower anchor at {args.anchor} (--anchor or NBFED_RAW_FLOWER_ANCHOR): nbfed only[/yellow]"
+        )
         apps.remove("raw")
-    results = {"command": " ".join(["bench/round_overhead.py", *sys.argv[1:]]), "machine": machine(flower=True, load=True),
-               "settings": {"params": num_params(args.params, args.width), "params_requested": args.params,
-                            "width": args.width, "nodes": args.nodes, "rounds": args.rounds, "runs": args.runs,
-                            "smoke": args.smoke, "apps": apps, "anchor": repo_path(args.anchor) if "raw" in apps else None},
-               "runs": []}
+    results = {
+        "command": " ".join(["bench/round_overhead.py", *sys.argv[1:]]),
+        "machine": machine(flower=True, load=True),
+        "settings": {
+            "params": num_params(args.params, args.width),
+            "params_requested": args.params,
+            "width": args.width,
+            "nodes": args.nodes,
+            "rounds": args.rounds,
+            "runs": args.runs,
+            "smoke": args.smoke,
+            "apps": apps,
+            "anchor": repo_path(args.anchor) if "raw" in apps else None,
+        },
+        "runs": [],
+    }
     work = Path(tempfile.mkdtemp(prefix="nbfed-round-overhead-"))
     try:
         for k in range(1, args.runs + 1):
@@ -106,16 +121,21 @@ def main() -> None:
                     results["runs"].append(run)
                     args.out.parent.mkdir(parents=True, exist_ok=True)  # so far, in case a later run is cut short
                     args.out.write_text(json.dumps(results, indent=2) + "\n")
-                    console.print(f"{label}: startup {run['startup_s']:.1f} s, rounds "
-                                  f"{', '.join(f'{s:.2f}' for s in run['rounds_s'])} s")
+                    console.print(
+                        f"{label}: startup {run['startup_s']:.1f} s, rounds "
+                        f"{', '.join(f'{s:.2f}' for s in run['rounds_s'])} s"
+                    )
     except BaseException:
         console.print(f"[red]stopped; every process's log is under {work}[/red]")
         raise
     if not args.keep:
         shutil.rmtree(work)
 
-    summaries = [summarize(app, nodes, [r for r in results["runs"] if r["app"] == app and r["nodes"] == nodes], args)
-                 for nodes in args.nodes for app in apps]
+    summaries = [
+        summarize(app, nodes, [r for r in results["runs"] if r["app"] == app and r["nodes"] == nodes], args)
+        for nodes in args.nodes
+        for app in apps
+    ]
     results["summary"] = summaries
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     write_markdown(args.out.with_suffix(".md"), results, summaries, args)

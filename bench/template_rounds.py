@@ -39,8 +39,21 @@ console = Console()
 def one_run(work: Path, data: Path, rounds: int) -> list[dict]:
     """A run-local run; each round with its slowest site's work, overhead and bytes moved."""
     results = work / "results"
-    done = subprocess.run([str(BIN / "nbfed"), "run-local", str(NOTEBOOK), "--data", str(data), "--results", str(results),
-                           "--set", f"num_rounds={rounds}"], capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            str(BIN / "nbfed"),
+            "run-local",
+            str(NOTEBOOK),
+            "--data",
+            str(data),
+            "--results",
+            str(results),
+            "--set",
+            f"num_rounds={rounds}",
+        ],
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
         sys.exit(f"nbfed run-local failed:\n{(done.stdout + done.stderr)[-5000:]}")
     model = torch.load(results / "model" / "global_model.pt", map_location="cpu")
@@ -49,10 +62,17 @@ def one_run(work: Path, data: Path, rounds: int) -> list[dict]:
     for r in json.loads((results / "rounds.json").read_text()):
         work_s = r["site_seconds"]
         moved = model_bytes * (2 * len(work_s["train"]) + len(work_s.get("evaluate", {})))
-        out.append({"round": r["round"], "duration_s": r["duration_s"], "overhead_s": r["overhead_s"],
-                    "slowest_train_s": max(work_s["train"].values()),
-                    "slowest_evaluate_s": max(work_s.get("evaluate", {}).values(), default=0.0),
-                    "model_bytes": model_bytes, "bytes_moved": moved})
+        out.append(
+            {
+                "round": r["round"],
+                "duration_s": r["duration_s"],
+                "overhead_s": r["overhead_s"],
+                "slowest_train_s": max(work_s["train"].values()),
+                "slowest_evaluate_s": max(work_s.get("evaluate", {}).values(), default=0.0),
+                "model_bytes": model_bytes,
+                "bytes_moved": moved,
+            }
+        )
     return out
 
 
@@ -69,32 +89,53 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="nbfed-bench-template-"))
     data = work / "data"
-    subprocess.run([str(BIN / "nbfed"), "synth-data", "-o", str(data), "--scale", str(args.scale)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [str(BIN / "nbfed"), "synth-data", "-o", str(data), "--scale", str(args.scale)], check=True, capture_output=True
+    )
     runs = []
     for k in range(args.runs):
         with console.status(f"run {k + 1}/{args.runs}: {args.rounds} rounds of the template on 3 sites"):
             runs.append(one_run(work / f"run-{k}", data, args.rounds))
     rounds = [r for run in runs for r in run]
-    summary = {key: spread([r[key] for r in rounds])
-               for key in ("duration_s", "slowest_train_s", "slowest_evaluate_s", "overhead_s")}
+    summary = {
+        key: spread([r[key] for r in rounds])
+        for key in ("duration_s", "slowest_train_s", "slowest_evaluate_s", "overhead_s")
+    }
     model_bytes, moved = rounds[0]["model_bytes"], rounds[0]["bytes_moved"]
     summary["overhead_share"] = round(summary["overhead_s"]["median"] / summary["duration_s"]["median"], 3)
     summary["mb_per_s_over_overhead"] = round(moved / 1e6 / summary["overhead_s"]["median"], 2)
-    results = {"machine": machine(flower=True, load=True), "smoke": args.smoke, "scale": args.scale, "rounds": args.rounds,
-               "model_bytes": model_bytes, "bytes_moved_per_round": moved, "summary": summary, "runs": runs}
+    results = {
+        "machine": machine(flower=True, load=True),
+        "smoke": args.smoke,
+        "scale": args.scale,
+        "rounds": args.rounds,
+        "model_bytes": model_bytes,
+        "bytes_moved_per_round": moved,
+        "summary": summary,
+        "runs": runs,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
 
-    table = Table("per round", "median s", "range s",
-                  title=f"template CNN, 3 sites, {args.rounds} rounds x {args.runs} runs: "
-                        f"{model_bytes / 1e6:.2f} MB model, {moved / 1e6:.1f} MB moved a round")
-    for key, label in [("duration_s", "round"), ("slowest_train_s", "slowest site, notebook code to train"),
-                       ("slowest_evaluate_s", "slowest site, notebook code to evaluate"), ("overhead_s", "overhead (the rest)")]:
+    table = Table(
+        "per round",
+        "median s",
+        "range s",
+        title=f"template CNN, 3 sites, {args.rounds} rounds x {args.runs} runs: "
+        f"{model_bytes / 1e6:.2f} MB model, {moved / 1e6:.1f} MB moved a round",
+    )
+    for key, label in [
+        ("duration_s", "round"),
+        ("slowest_train_s", "slowest site, notebook code to train"),
+        ("slowest_evaluate_s", "slowest site, notebook code to evaluate"),
+        ("overhead_s", "overhead (the rest)"),
+    ]:
         table.add_row(label, f"{summary[key]['median']:.2f}", f"{summary[key]['min']:.2f}-{summary[key]['max']:.2f}")
     console.print(table)
-    console.print(f"overhead {summary['overhead_share']:.0%} of a round; the model bytes make "
-                  f"{summary['mb_per_s_over_overhead']:.1f} MB/s over it. Results in {args.out}")
+    console.print(
+        f"overhead {summary['overhead_share']:.0%} of a round; the model bytes make "
+        f"{summary['mb_per_s_over_overhead']:.1f} MB/s over it. Results in {args.out}"
+    )
 
 
 if __name__ == "__main__":

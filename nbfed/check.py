@@ -123,7 +123,11 @@ def _requirements(cell: TaggedCell) -> list[Violation]:
             req = Requirement(line)
         except InvalidRequirement as err:
             out.append(
-                Violation(cell.label, f"'{line}' is not a pip requirement ({err})", "write one requirement per line, e.g. 'numpy>=1.26'")
+                Violation(
+                    cell.label,
+                    f"'{line}' is not a pip requirement ({err})",
+                    "write one requirement per line, e.g. 'numpy>=1.26'",
+                )
             )
             continue
         if req.name.lower() == "flwr" and str(req) != FLWR_REQUIREMENT:
@@ -172,7 +176,11 @@ def _config(nb: Notebook, trees: dict[int, ast.Module]) -> list[Violation]:
     out: list[Violation] = []
     if len(cells) > 1:
         out.append(
-            Violation(cells[1].label, f"a second 'config' cell (the first is cell {cells[0].number})", f"keep one {CONFIG_NAME} in one 'config' cell")
+            Violation(
+                cells[1].label,
+                f"a second 'config' cell (the first is cell {cells[0].number})",
+                f"keep one {CONFIG_NAME} in one 'config' cell",
+            )
         )
     for cell in cells[:1]:
         tree = trees.get(cell.number)
@@ -181,7 +189,13 @@ def _config(nb: Notebook, trees: dict[int, ast.Module]) -> list[Violation]:
         assigns = [n for n in tree.body if isinstance(n, ast.Assign) and _assigns(n, CONFIG_NAME)]
         others = [n for n in tree.body if not (isinstance(n, ast.Assign) and _assigns(n, CONFIG_NAME))]
         if not assigns:
-            out.append(Violation(cell.label, f"no '{CONFIG_NAME} = {{...}}' assignment", f"write {CONFIG_NAME} = {{'{ROUNDS_KEY}': 3, 'local_epochs': 1}}"))
+            out.append(
+                Violation(
+                    cell.label,
+                    f"no '{CONFIG_NAME} = {{...}}' assignment",
+                    f"write {CONFIG_NAME} = {{'{ROUNDS_KEY}': 3, 'local_epochs': 1}}",
+                )
+            )
             continue
         if others:
             out.append(
@@ -216,7 +230,9 @@ def _first_non_literal(node: ast.expr) -> ast.expr:
             try:
                 ast.literal_eval(child)
             except ValueError:
-                return _first_non_literal(child) if isinstance(child, (ast.Dict, ast.List, ast.Tuple, ast.Set)) else child
+                return (
+                    _first_non_literal(child) if isinstance(child, (ast.Dict, ast.List, ast.Tuple, ast.Set)) else child
+                )
     return node
 
 
@@ -232,7 +248,9 @@ def config_problems(value: Any, path: str = CONFIG_NAME) -> list[tuple[str, str]
     if path == CONFIG_NAME:
         rounds = value.get(ROUNDS_KEY)
         if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
-            out.append((f"{CONFIG_NAME}['{ROUNDS_KEY}'] must be a positive int (found {rounds!r})", f"add '{ROUNDS_KEY}': 3"))
+            out.append(
+                (f"{CONFIG_NAME}['{ROUNDS_KEY}'] must be a positive int (found {rounds!r})", f"add '{ROUNDS_KEY}': 3")
+            )
         if TOOLKIT_KEY in value:
             out.append((f"the key '{TOOLKIT_KEY}' is reserved for the toolkit's own settings", "rename the key"))
     for key, item in value.items():
@@ -273,7 +291,9 @@ def _functions(nb: Notebook, trees: dict[int, ast.Module]) -> list[Violation]:
                 continue  # already reported as a missing tag
             where = cells[0].label if cells else "notebook"
             hint = f" (it is defined in {elsewhere[0].label}; move it)" if elsewhere else ""
-            out.append(Violation(where, f"the '{fn.tag}' cells define no function '{fn.name}'{hint}", f"write {fn.signature}"))
+            out.append(
+                Violation(where, f"the '{fn.tag}' cells define no function '{fn.name}'{hint}", f"write {fn.signature}")
+            )
             continue
         cell, node = in_tag[-1]
         if isinstance(node, ast.AsyncFunctionDef):

@@ -14,8 +14,11 @@ from rich.console import Console
 from nbfed.check import CheckFailed, check
 from nbfed.notebook import NotebookError, read_notebook
 
-app = typer.Typer(help="Notebook Federator: a Jupyter notebook to a cross-silo Flower federation.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Notebook Federator: a Jupyter notebook to a cross-silo Flower federation.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 console = Console()
 err = Console(stderr=True, soft_wrap=True)  # messages stay one line each, for logs and grep
 
@@ -67,7 +70,9 @@ def check_cmd(notebook: NotebookArg) -> None:
 
 
 @app.command("convert")
-def convert_cmd(notebook: NotebookArg, out: Annotated[Path, typer.Option("-o", "--out", help="Directory for the Flower app.")]) -> None:
+def convert_cmd(
+    notebook: NotebookArg, out: Annotated[Path, typer.Option("-o", "--out", help="Directory for the Flower app.")]
+) -> None:
     """Generate the Flower app (pyproject.toml, task.py, client_app.py, server_app.py)."""
     from nbfed.convert import convert
 
@@ -83,14 +88,29 @@ def convert_cmd(notebook: NotebookArg, out: Annotated[Path, typer.Option("-o", "
 def build_images_cmd(
     notebook: NotebookArg,
     flavour: Annotated[list[str], typer.Option(help="Site image flavour: cpu and/or cuda (repeatable).")] = ["cpu"],
-    base_image: Annotated[str, typer.Option(envvar="NBFED_BASE_IMAGE", help="Python 3.11 base image (images/base/build.sh makes nbfed/base:bookworm where nothing can be pulled).")] = "python:3.11-slim-bookworm",
-    tools_image: Annotated[str | None, typer.Option(
-        envvar="NBFED_TOOLS_IMAGE", show_default=False,
-        help="The base's Debian release with binutils, to strip the libraries "
-             "(default: python:X-Y for python:X-slim-Y, else BASE-tools as images/base/build.sh makes).")] = None,
-    build_dir: Annotated[Path, typer.Option(help="Build tree: wheelhouse and contexts, reused between builds.")] = Path("build"),
+    base_image: Annotated[
+        str,
+        typer.Option(
+            envvar="NBFED_BASE_IMAGE",
+            help="Python 3.11 base image (images/base/build.sh makes nbfed/base:bookworm where nothing can be pulled).",
+        ),
+    ] = "python:3.11-slim-bookworm",
+    tools_image: Annotated[
+        str | None,
+        typer.Option(
+            envvar="NBFED_TOOLS_IMAGE",
+            show_default=False,
+            help="The base's Debian release with binutils, to strip the libraries "
+            "(default: python:X-Y for python:X-slim-Y, else BASE-tools as images/base/build.sh makes).",
+        ),
+    ] = None,
+    build_dir: Annotated[Path, typer.Option(help="Build tree: wheelhouse and contexts, reused between builds.")] = Path(
+        "build"
+    ),
     env_file: Annotated[Path, typer.Option(help="Write the image references here for compose.")] = Path("compose/.env"),
-    json_: Annotated[bool, typer.Option("--json", help="Progress to stderr; the images as JSON on stdout (for the playbook).")] = False,
+    json_: Annotated[
+        bool, typer.Option("--json", help="Progress to stderr; the images as JSON on stdout (for the playbook).")
+    ] = False,
 ) -> None:
     """Build the aggregator, proxy and site images for a notebook's requirements (cached by content)."""
     from nbfed.images import ImagesError, build_images
@@ -98,13 +118,21 @@ def build_images_cmd(
     out = err if json_ else console
     try:
         nb = read_notebook(notebook)
-        images = build_images(nb.requirements, flavours=flavour, base_image=base_image, tools_image=tools_image,
-                              build_dir=build_dir,
-                              labels={"notebook": nb.name, "notebook_sha256": nb.sha256}, console=out)
+        images = build_images(
+            nb.requirements,
+            flavours=flavour,
+            base_image=base_image,
+            tools_image=tools_image,
+            build_dir=build_dir,
+            labels={"notebook": nb.name, "notebook_sha256": nb.sha256},
+            console=out,
+        )
     except (NotebookError, ImagesError) as e:
         raise _fail(str(e)) from None
-    refs = {f"NBFED_{(i.kind + ('_' + i.flavour if i.kind == 'site' and i.flavour != 'cpu' else '')).upper()}_IMAGE": i.ref
-            for i in images}
+    refs = {
+        f"NBFED_{(i.kind + ('_' + i.flavour if i.kind == 'site' and i.flavour != 'cpu' else '')).upper()}_IMAGE": i.ref
+        for i in images
+    }
     env_file.parent.mkdir(parents=True, exist_ok=True)
     env_file.write_text("".join(f"{k}={v}\n" for k, v in sorted(refs.items())))
     out.print(f"image references written to {env_file}")
@@ -132,11 +160,16 @@ def synth_data_cmd(
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("writing patches", total=None)
         try:
-            manifest = synth.generate(out, progress=lambda done, total: progress.update(task, completed=done, total=total), **kwargs)
+            manifest = synth.generate(
+                out, progress=lambda done, total: progress.update(task, completed=done, total=total), **kwargs
+            )
         except ValueError as e:
             raise _fail(str(e), 2) from None
     for site, info in manifest["sites"].items():
-        console.print(f"{site}: " + ", ".join(f"{split} {c['tumor']} tumour / {c['normal']} normal" for split, c in info["counts"].items()))
+        console.print(
+            f"{site}: "
+            + ", ".join(f"{split} {c['tumor']} tumour / {c['normal']} normal" for split, c in info["counts"].items())
+        )
     console.print(f"synthetic data in {out} (not medical data)")
 
 
@@ -144,9 +177,13 @@ def synth_data_cmd(
 def run_local_cmd(
     notebook: NotebookArg,
     data: Annotated[Path, typer.Option("--data", help="Directory with one subdirectory per site (train/ and test/).")],
-    results: Annotated[Path | None, typer.Option("--results", help="Results directory (default results/<notebook>-<time>).")] = None,
+    results: Annotated[
+        Path | None, typer.Option("--results", help="Results directory (default results/<notebook>-<time>).")
+    ] = None,
     set_: Annotated[list[str], typer.Option("--set", help="Override a run-config key: --set num_rounds=5.")] = [],
-    baselines: Annotated[bool, typer.Option("--baselines", help="Also train each site alone and compare (Table 2).")] = False,
+    baselines: Annotated[
+        bool, typer.Option("--baselines", help="Also train each site alone and compare (Table 2).")
+    ] = False,
     timeout: Annotated[float, typer.Option(help="Seconds before the run is abandoned.")] = 3600,
 ) -> None:
     """Run a real Flower federation on this machine: SuperLink + one SuperNode per site."""
@@ -174,7 +211,9 @@ def run_local_cmd(
 def register_cmd(
     keys: Annotated[list[Path], typer.Argument(help="Sites' public keys, SITE.pub (the file name names the site).")],
     superlink: Annotated[str, typer.Option(help="SuperLink Control API as host:port (the aggregator's loopback).")],
-    ca: Annotated[Path | None, typer.Option(help="Consortium CA certificate; without it, plain HTTP (loopback only).")] = None,
+    ca: Annotated[
+        Path | None, typer.Option(help="Consortium CA certificate; without it, plain HTTP (loopback only).")
+    ] = None,
 ) -> None:
     """Register sites' SuperNode public keys with SuperLink (already registered keys are kept)."""
     from nbfed.superlink import RunFailed, connect
@@ -193,12 +232,18 @@ def register_cmd(
 def submit_cmd(
     notebook: NotebookArg,
     superlink: Annotated[str, typer.Option(help="SuperLink Control API as host:port (the aggregator's loopback).")],
-    ca: Annotated[Path | None, typer.Option(help="Consortium CA certificate; without it, plain HTTP (loopback only).")] = None,
-    results_root: Annotated[Path, typer.Option(help="Where the ServerApp writes results (a volume it shares).")] = Path("results"),
+    ca: Annotated[
+        Path | None, typer.Option(help="Consortium CA certificate; without it, plain HTTP (loopback only).")
+    ] = None,
+    results_root: Annotated[Path, typer.Option(help="Where the ServerApp writes results (a volume it shares).")] = Path(
+        "results"
+    ),
     name: Annotated[str | None, typer.Option(help="Run name (default <notebook>-<time>).")] = None,
     set_: Annotated[list[str], typer.Option("--set", help="Override a run-config key: --set num_rounds=5.")] = [],
     timeout: Annotated[float, typer.Option(help="Seconds before the run is abandoned.")] = 3600,
-    resume: Annotated[bool, typer.Option(help="Go on with the run --name from its last checkpoint (same app, same settings).")] = False,
+    resume: Annotated[
+        bool, typer.Option(help="Go on with the run --name from its last checkpoint (same app, same settings).")
+    ] = False,
 ) -> None:
     """Submit the notebook's app to a running SuperLink, follow it, write the report.
 
@@ -223,7 +268,9 @@ def submit_cmd(
 @app.command("status")
 def status_cmd(
     superlink: Annotated[str, typer.Option(help="SuperLink Control API as host:port (the aggregator's loopback).")],
-    ca: Annotated[Path | None, typer.Option(help="Consortium CA certificate; without it, plain HTTP (loopback only).")] = None,
+    ca: Annotated[
+        Path | None, typer.Option(help="Consortium CA certificate; without it, plain HTTP (loopback only).")
+    ] = None,
     runs: Annotated[int, typer.Option(help="How many of the newest runs to list.")] = 5,
     json_: Annotated[bool, typer.Option("--json", help="Print the SuperNodes and runs as JSON.")] = False,
 ) -> None:
@@ -247,14 +294,22 @@ def status_cmd(
     console.print(table)
     table = Table("run", "app", "submitted", "status", "elapsed", title="Runs")
     for r in recent:
-        table.add_row(r["run-id"], r["fab-name"], str(r.get("pending-at") or "")[:19], r["status"], f"{float(r['elapsed'] or 0):.0f} s")
+        table.add_row(
+            r["run-id"],
+            r["fab-name"],
+            str(r.get("pending-at") or "")[:19],
+            r["status"],
+            f"{float(r['elapsed'] or 0):.0f} s",
+        )
     console.print(table)
 
 
 @app.command("pki")
 def pki_cmd(
     out: Annotated[Path, typer.Option("-o", "--out", help="Directory for the CA, certificate and node keys.")],
-    san: Annotated[list[str], typer.Option(help="A name or address of the aggregator (repeatable; the first is the CN).")],
+    san: Annotated[
+        list[str], typer.Option(help="A name or address of the aggregator (repeatable; the first is the CN).")
+    ],
     site: Annotated[list[str], typer.Option(help="A site that gets a node key (repeatable).")] = [],
     uid: Annotated[int | None, typer.Option(help="Give every file to this uid (the containers' user).")] = None,
 ) -> None:

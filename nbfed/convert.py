@@ -131,4 +131,3 @@ def convert(notebook_path: Path | str, out_dir: Path | str) -> App:
         (pkg / glue.name).write_text(f"# {header}\n{glue.read_text()}")
     (pkg / "metrics.py").write_text(f"# {header}\n{(PACKAGE_DIR / 'metrics.py').read_text()}")
     return App(root=out, name=name, package=package, notebook=notebook, run_config=run_config, dependencies=deps)
-

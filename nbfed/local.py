@@ -32,8 +32,12 @@ from nbfed.superlink import BIN, RunFailed, SuperLinkClient, follow
 def find_sites(data_dir: Path) -> dict[str, Path]:
     """Site name -> directory: every subdirectory of `data_dir` that holds train/ and test/."""
     if not data_dir.is_dir():
-        raise FileNotFoundError(f"data directory {data_dir} does not exist; create one with `nbfed synth-data -o {data_dir}`")
-    sites = {d.name: d.resolve() for d in sorted(data_dir.iterdir()) if (d / "train").is_dir() and (d / "test").is_dir()}
+        raise FileNotFoundError(
+            f"data directory {data_dir} does not exist; create one with `nbfed synth-data -o {data_dir}`"
+        )
+    sites = {
+        d.name: d.resolve() for d in sorted(data_dir.iterdir()) if (d / "train").is_dir() and (d / "test").is_dir()
+    }
     if not sites:
         raise FileNotFoundError(
             f"{data_dir} has no site directories (each site is DIR/<site>/train and DIR/<site>/test); "
@@ -75,8 +79,13 @@ class LocalFederation:
     warm: bool = True
 
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
-        env = {"FLWR_TELEMETRY_ENABLED": "0", **os.environ, "FLWR_HOME": str(self.flwr_home), "PYTHONUNBUFFERED": "1",
-               "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
+        env = {
+            "FLWR_TELEMETRY_ENABLED": "0",
+            **os.environ,
+            "FLWR_HOME": str(self.flwr_home),
+            "PYTHONUNBUFFERED": "1",
+            "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
+        }
         with open(self.logs / f"{name}.log", "w") as log:
             proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         self.procs[name] = proc
@@ -84,18 +93,35 @@ class LocalFederation:
 
     def start(self) -> SuperLinkClient:
         self.logs.mkdir(parents=True, exist_ok=True)
-        superlink = self._spawn("superlink", [
-            str(BIN / "flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(self.port),
-            "--disable-runtime-dependency-installation",
-        ])
+        superlink = self._spawn(
+            "superlink",
+            [
+                str(BIN / "flower-superlink"),
+                "--insecure",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--disable-runtime-dependency-installation",
+            ],
+        )
         wait_for_port(self.port, superlink, self.logs / "superlink.log")
         for site, data in self.sites.items():
             node_config = f"site={toml_value(site)} data-dir={toml_value(str(data))}"
             supernode = [sys.executable, "-m", "nbfed.warm_supernode"] if self.warm else [str(BIN / "flower-supernode")]
-            self._spawn(f"supernode-{site}", [
-                *supernode, "--insecure", "--superlink", f"127.0.0.1:{self.port}",
-                "--port", str(free_port()), "--node-config", node_config,
-            ])
+            self._spawn(
+                f"supernode-{site}",
+                [
+                    *supernode,
+                    "--insecure",
+                    "--superlink",
+                    f"127.0.0.1:{self.port}",
+                    "--port",
+                    str(free_port()),
+                    "--node-config",
+                    node_config,
+                ],
+            )
         return SuperLinkClient(f"127.0.0.1:{self.port}", self.flwr_home / "cli")
 
     def check_alive(self) -> None:
@@ -154,7 +180,10 @@ def run_local(
     # The participation policy's default: a majority of the sites; the first round has them all.
     policy = {"nbfed.min-sites": majority(len(sites)), "nbfed.expected-sites": len(sites)}
     run = prepare_run(notebook, results or default_results_dir(notebook), {**policy, **(overrides or {})})
-    console.print(f"[bold]{notebook.name}[/bold] -> {len(sites)} sites ({', '.join(sites)}), {run.num_rounds} rounds; results in {run.results}")
+    console.print(
+        f"[bold]{notebook.name}[/bold] -> {len(sites)} sites ({', '.join(sites)}), {run.num_rounds} rounds; "
+        f"results in {run.results}"
+    )
     with ExitStack() as stack:
         stack.enter_context(_interrupted_by(signal.SIGINT, signal.SIGTERM))
         flwr_home = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="nbfed-flwr-")))

@@ -188,9 +188,7 @@ def summarize_round(per_site: Mapping[str, Mapping[str, float]]) -> dict:
     if not sites:
         return record
 
-    weights_ok = all(
-        _is_number(site.get(NUM_EXAMPLES_KEY)) and site[NUM_EXAMPLES_KEY] >= 0 for site in sites
-    )
+    weights_ok = all(_is_number(site.get(NUM_EXAMPLES_KEY)) and site[NUM_EXAMPLES_KEY] >= 0 for site in sites)
     if weights_ok:
         total_examples = sum(site[NUM_EXAMPLES_KEY] for site in sites)
         record[NUM_EXAMPLES_KEY] = int(total_examples) if total_examples == int(total_examples) else total_examples

@@ -102,7 +102,7 @@ def requirement_lines(source: str) -> list[str]:
             continue
         for prefix in ("%pip install", "!pip install", "%pip3 install", "!pip3 install"):
             if line.startswith(prefix):
-                out.extend(w for w in shlex.split(line[len(prefix):]) if not w.startswith("-"))
+                out.extend(w for w in shlex.split(line[len(prefix) :]) if not w.startswith("-"))
                 break
         else:
             out.append(line)
@@ -122,9 +122,7 @@ def read_notebook(path: Path | str) -> Notebook:
             f"{path}: not a Jupyter notebook ({err}). Save it from Jupyter as .ipynb and try again."
         ) from err
     nb, resources = SelectContractCells().preprocess(nb, {})
-    cells = tuple(
-        TaggedCell(c.metadata["nbfed"]["number"], c.metadata["nbfed"]["tag"], c.source) for c in nb.cells
-    )
+    cells = tuple(TaggedCell(c.metadata["nbfed"]["number"], c.metadata["nbfed"]["tag"], c.source) for c in nb.cells)
     return Notebook(
         path=path,
         sha256=hashlib.sha256(raw).hexdigest(),

@@ -98,7 +98,16 @@ def submit(
         resumed = f", resumed after round {done}" if attempt or resume else ""
         console.print(f"run {run_id}: {notebook.name}, {run.num_rounds} rounds{resumed}, results in {run.results}")
         try:
-            follow(client, run_id, run.results, run.num_rounds, console, deadline - time.monotonic(), offset=offset, done=done)
+            follow(
+                client,
+                run_id,
+                run.results,
+                run.num_rounds,
+                console,
+                deadline - time.monotonic(),
+                offset=offset,
+                done=done,
+            )
             return run
         except ServerAppLost as e:
             if attempt == resume_attempts:

@@ -57,14 +57,19 @@ class SuperLinkClient:
 
     def __post_init__(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
-        security = (f'root-certificates = "{self.root_certificates}"' if self.root_certificates else "insecure = true")
+        security = f'root-certificates = "{self.root_certificates}"' if self.root_certificates else "insecure = true"
         (self.home / "config.toml").write_text(
             f'[superlink]\ndefault = "{CONNECTION}"\n\n'
             f'[superlink.{CONNECTION}]\naddress = "{self.address}"\n{security}\n'
         )
 
     def flwr(self, *args: str) -> subprocess.CompletedProcess:
-        env = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_HOME": str(self.home), "PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(self.home)}
+        env = {
+            "FLWR_TELEMETRY_ENABLED": "0",
+            "FLWR_HOME": str(self.home),
+            "PATH": f"{BIN}:/usr/bin:/bin",
+            "HOME": str(self.home),
+        }
         if "PYTHONPATH" in os.environ:  # Flower found through PYTHONPATH (a --target install) must stay found
             env["PYTHONPATH"] = os.environ["PYTHONPATH"]
         return subprocess.run([str(BIN / "flwr"), *args], env=env, capture_output=True, text=True)
@@ -151,11 +156,14 @@ def read_events(path: Path, offset: int) -> tuple[list[dict[str, Any]], int]:
 def _round_line(event: dict[str, Any], num_rounds: int) -> str:
     pooled = event.get("pooled") or {}
     shown = " ".join(
-        f"{k} {pooled[k]:.3f}" for k in ("accuracy", "sensitivity", "specificity", "loss") if isinstance(pooled.get(k), (int, float))
+        f"{k} {pooled[k]:.3f}"
+        for k in ("accuracy", "sensitivity", "specificity", "loss")
+        if isinstance(pooled.get(k), (int, float))
     )
     errors = f"  [red]{len(event['errors'])} site error(s)[/red]" if event.get("errors") else ""
     sites = ", ".join(event.get("sites", [])) or "none"
-    return f"round {event['round']}/{num_rounds}  {event['duration_s']:.1f} s  sites: {sites}  {shown}{errors}{_awaited(event)}"
+    took = f"{event['duration_s']:.1f} s"
+    return f"round {event['round']}/{num_rounds}  {took}  sites: {sites}  {shown}{errors}{_awaited(event)}"
 
 
 def _awaited(event: dict[str, Any]) -> str:
@@ -185,7 +193,13 @@ def follow(
     (`check_alive`), or `timeout` passes.
     """
     deadline, last_status_check, last_health_check, superlink_down = time.monotonic() + timeout, 0.0, 0.0, False
-    columns = (TextColumn("[bold]federation"), BarColumn(), MofNCompleteColumn(), TextColumn("rounds"), TimeElapsedColumn())
+    columns = (
+        TextColumn("[bold]federation"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("rounds"),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=console, transient=True) as progress:
         bar = progress.add_task("rounds", total=num_rounds, completed=done)
         while True:

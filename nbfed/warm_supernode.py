@@ -148,7 +148,8 @@ def shorten_heartbeat(interval: float) -> None:
     from flwr.supernode import fleet_http_connection as connection
 
     if not version("flwr").startswith(TESTED_FLWR) or not all(
-            hasattr(m, "HEARTBEAT_DEFAULT_INTERVAL") for m in (heartbeat, connection)):
+        hasattr(m, "HEARTBEAT_DEFAULT_INTERVAL") for m in (heartbeat, connection)
+    ):
         log(f"flwr {version('flwr')}: SuperNode keeps Flower's own heartbeat interval")
         return
     heartbeat.HEARTBEAT_DEFAULT_INTERVAL = connection.HEARTBEAT_DEFAULT_INTERVAL = interval
@@ -167,8 +168,13 @@ def main(argv: list[str]) -> None:
         deadline = time.monotonic() + 10
         while not os.path.exists(sock) and time.monotonic() < deadline:
             time.sleep(0.02)
-        os.environ.update({ZYGOTE_SOCKET: sock, FLOWER_CLIENTAPP: flower,
-                           "PATH": f"{here / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"})
+        os.environ.update(
+            {
+                ZYGOTE_SOCKET: sock,
+                FLOWER_CLIENTAPP: flower,
+                "PATH": f"{here / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
+            }
+        )
     shorten_polls(interval)
     shorten_heartbeat(float(os.environ.get("NBFED_HEARTBEAT_INTERVAL", DEFAULT_HEARTBEAT_INTERVAL)))
     from flwr.supernode.cli.flower_supernode import flower_supernode

@@ -63,9 +63,13 @@ def base_image(docker_api) -> str:
         pytest.skip(f"{' and '.join(missing)} (for NBFED_TEST_BASE_IMAGE) not on this engine")
     if os.geteuid() != 0 or shutil.which("debootstrap") is None:
         pytest.skip(f"{' and '.join(missing)} missing and images/base/build.sh needs root and debootstrap")
-    done = subprocess.run([str(ROOT / "images" / "base" / "build.sh"), BOOTSTRAP_BASE],
-                          capture_output=True, text=True, timeout=1200,
-                          env=dict(os.environ, NBFED_BUILD_DIR=str(BUILD_DIR)))
+    done = subprocess.run(
+        [str(ROOT / "images" / "base" / "build.sh"), BOOTSTRAP_BASE],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        env=dict(os.environ, NBFED_BUILD_DIR=str(BUILD_DIR)),
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     return BOOTSTRAP_BASE
 

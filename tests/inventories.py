@@ -66,6 +66,7 @@ BAD_INVENTORIES: dict[str, list[str]] = {
 #: Wrong inventories refused by a host probe (the rest fail on the control node first).
 PROBED = {"gpu-without-nvidia"}
 
+
 def preflight(*args: str, data: Path | None = None):
     return run_ansible("ansible-playbook", "playbooks/preflight.yml", *args, data=data)
 

@@ -13,8 +13,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-RECAP = re.compile(r"^(?P<host>\S+)\s+:\s+ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+"
-                   r"unreachable=(?P<unreachable>\d+)\s+failed=(?P<failed>\d+)", re.MULTILINE)
+RECAP = re.compile(
+    r"^(?P<host>\S+)\s+:\s+ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+"
+    r"unreachable=(?P<unreachable>\d+)\s+failed=(?P<failed>\d+)",
+    re.MULTILINE,
+)
 
 
 def venv_tool(name: str) -> str:
@@ -33,21 +36,28 @@ def run_ansible(tool: str, *args: str, data: Path | None = None, timeout: int = 
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     if data is not None:
         env["NBFED_TEST_DATA"] = str(data)
-    done = subprocess.run([venv_tool(tool), *args], cwd=ROOT, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                          timeout=timeout, env=env)
+    done = subprocess.run(
+        [venv_tool(tool), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=timeout,
+        env=env,
+    )
     done.output = done.stdout + done.stderr  # type: ignore[attr-defined]
     return done
 
 
 def recap(output: str) -> dict[str, dict[str, int]]:
-    return {m["host"]: {k: int(m[k]) for k in ("ok", "changed", "unreachable", "failed")}
-            for m in RECAP.finditer(output)}
+    return {
+        m["host"]: {k: int(m[k]) for k in ("ok", "changed", "unreachable", "failed")} for m in RECAP.finditer(output)
+    }
 
 
 def tree(path: Path) -> dict[str, tuple[int, int]]:
     """Every file under path with its size and mtime: what a run must leave as it was."""
-    return {str(p.relative_to(path)): (p.stat().st_size, p.stat().st_mtime_ns)
-            for p in sorted(path.rglob("*"))}
+    return {str(p.relative_to(path)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(path.rglob("*"))}
 
 
 def assert_nothing_changed(done: subprocess.CompletedProcess) -> dict[str, dict[str, int]]:

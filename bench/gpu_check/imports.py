@@ -5,7 +5,19 @@ import sys
 
 from nbfed.superlink import BIN
 
-for name in ("flwr", "torch", "numpy", "protobuf", "grpcio", "typer", "rich", "nbformat", "nbconvert", "fastapi", "cryptography"):
+for name in (
+    "flwr",
+    "torch",
+    "numpy",
+    "protobuf",
+    "grpcio",
+    "typer",
+    "rich",
+    "nbformat",
+    "nbconvert",
+    "fastapi",
+    "cryptography",
+):
     try:
         print(f"  {name} {md.version(name)}")
     except md.PackageNotFoundError:

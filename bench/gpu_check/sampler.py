@@ -38,6 +38,7 @@ def describe(pid):
 
 try:
     import pynvml  # nvidia-ml-py: in-process and fast, so short-lived ClientApps are not missed
+
     pynvml.nvmlInit()
     HANDLES = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
 except Exception:
@@ -54,10 +55,22 @@ def read_gpu():
             used += pynvml.nvmlDeviceGetMemoryInfo(h).used / 2**20
             util = max(util, float(pynvml.nvmlDeviceGetUtilizationRates(h).gpu))
         return procs, used, util
-    apps = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
-                          capture_output=True, text=True, timeout=10).stdout
-    gpu = subprocess.run(["nvidia-smi", "--query-gpu=memory.used,utilization.gpu", "--format=csv,noheader,nounits"],
-                         capture_output=True, text=True, timeout=10).stdout.split("\n")[0].split(",")
+    apps = subprocess.run(
+        ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    ).stdout
+    gpu = (
+        subprocess.run(
+            ["nvidia-smi", "--query-gpu=memory.used,utilization.gpu", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        .stdout.split("\n")[0]
+        .split(",")
+    )
     procs = []
     for line in apps.strip().splitlines():
         pid, mem = (x.strip() for x in line.split(","))
@@ -93,7 +106,9 @@ while True:
             site, role = describe(pid)
             rows.append({"pid": str(pid), "mib": round(mib, 1), "site": site, "role": role})
         clientapps = {pid: {"site": site, "dev": dev} for pid, (site, dev) in clientapp_devices().items()}
-        out.write(json.dumps({"t": t, "gpu_mib": used, "gpu_util": util, "procs": rows, "clientapps": clientapps}) + "\n")
+        out.write(
+            json.dumps({"t": t, "gpu_mib": used, "gpu_util": util, "procs": rows, "clientapps": clientapps}) + "\n"
+        )
     except Exception as e:  # keep sampling: one failed read is no reason to stop
         out.write(json.dumps({"t": t, "error": repr(e)}) + "\n")
     time.sleep(max(0.0, 0.1 - (time.time() - t)))

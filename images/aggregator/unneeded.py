@@ -18,8 +18,13 @@ def name(requirement: str) -> str:
     return re.split(r"[^A-Za-z0-9_.-]", requirement, maxsplit=1)[0].lower()
 
 
-needed = {name(r) for d in importlib.metadata.distributions() if name(d.metadata["Name"]) not in OPTIONAL | {"torch"}
-          for r in d.requires or () if "extra ==" not in r} & OPTIONAL
+needed = {
+    name(r)
+    for d in importlib.metadata.distributions()
+    if name(d.metadata["Name"]) not in OPTIONAL | {"torch"}
+    for r in d.requires or ()
+    if "extra ==" not in r
+} & OPTIONAL
 needed |= set(os.environ.get("NBFED_KEEP", "").split())
 if "sympy" in needed:
     needed.add("mpmath")  # sympy's own dependency

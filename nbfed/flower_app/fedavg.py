@@ -33,8 +33,12 @@ TRANSFER_DTYPES = ("float32", "float16")
 
 def as_float16(arrays: ArrayRecord) -> ArrayRecord:
     """The float32 arrays as float16 (others as they are)."""
-    return ArrayRecord({key: Array(value.astype(np.float16)) if (value := array.numpy()).dtype == np.float32 else array
-                        for key, array in arrays.items()})
+    return ArrayRecord(
+        {
+            key: Array(value.astype(np.float16)) if (value := array.numpy()).dtype == np.float32 else array
+            for key, array in arrays.items()
+        }
+    )
 
 
 class StreamingFedAvg(FedAvg):

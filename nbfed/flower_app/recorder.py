@@ -78,7 +78,9 @@ class Recorder:
 
     @classmethod
     def start(cls, results_dir: Path, run: dict[str, Any]) -> Recorder:
-        recorder = cls(results_dir, {**run, "sites": {}, "started_at": _now(), "finished_at": None, "status": "running"})
+        recorder = cls(
+            results_dir, {**run, "sites": {}, "started_at": _now(), "finished_at": None, "status": "running"}
+        )
         recorder._write_json("run.json", recorder.run)
         recorder.event("started", num_rounds=run["num_rounds"])
         return recorder
@@ -115,8 +117,18 @@ class Recorder:
 
     # -- what the strategy's hooks report (recording.RecordedStrategy) -----------------------
     def begin_round(self, server_round: int) -> dict[str, Any]:
-        self.current = {"round": server_round, "started": time.time(), "sampled": [], "train": {},
-                        "evaluate": {}, "seconds": {}, "errors": {}, "missing": {}, "asked": {}, "answered": {}}
+        self.current = {
+            "round": server_round,
+            "started": time.time(),
+            "sampled": [],
+            "train": {},
+            "evaluate": {},
+            "seconds": {},
+            "errors": {},
+            "missing": {},
+            "asked": {},
+            "answered": {},
+        }
         self.event("round_started", round=server_round)
         return self.current
 

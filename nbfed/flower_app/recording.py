@@ -20,7 +20,9 @@ class RecordedStrategy(StrategyWrapper):
         super().__init__(inner)
         self.recorder = recorder
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> list[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> list[Message]:
         server_round += self.recorder.offset
         current = self.recorder.begin_round(server_round)
         messages = list(self.inner.configure_train(server_round, arrays, config, grid))
@@ -28,7 +30,9 @@ class RecordedStrategy(StrategyWrapper):
         current["asked"]["train"] = messages
         return messages
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         server_round += self.recorder.offset
         result = self.inner.aggregate_train(server_round, self._tap("train", replies))
         current = self.recorder.current
@@ -38,13 +42,18 @@ class RecordedStrategy(StrategyWrapper):
             raise RuntimeError(f"round {server_round}: no site returned a model ({why or 'no site was asked'})")
         return result
 
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> list[Message]:
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> list[Message]:
         # A site that did not answer this round's training is presumed gone: asking it to
         # evaluate would only hold the round for another timeout. It is asked next round.
         current = self.recorder.current
         gone = {m.metadata.dst_node_id for m in current["asked"]["train"]} - current["answered"].get("train", set())
-        messages = [m for m in self.inner.configure_evaluate(server_round + self.recorder.offset, arrays, config, grid)
-                    if m.metadata.dst_node_id not in gone]
+        messages = [
+            m
+            for m in self.inner.configure_evaluate(server_round + self.recorder.offset, arrays, config, grid)
+            if m.metadata.dst_node_id not in gone
+        ]
         current["asked"]["evaluate"] = messages
         return messages
 
@@ -64,7 +73,9 @@ class RecordedStrategy(StrategyWrapper):
             node_id = asked.get(msg.metadata.reply_to_message_id, msg.metadata.src_node_id)
             answered.add(node_id)
             if msg.has_error():
-                current["errors"].setdefault(recorder.site_of(node_id), f"{phase}: {msg.error.reason.strip().splitlines()[-1]}")
+                current["errors"].setdefault(
+                    recorder.site_of(node_id), f"{phase}: {msg.error.reason.strip().splitlines()[-1]}"
+                )
                 return
             site = str(msg.content["site"]["name"]) if "site" in msg.content else f"node-{node_id}"
             recorder.name_site(site, node_id)

@@ -61,16 +61,19 @@ def main(grid: Grid, context: Context) -> None:
     if toolkit(context, "resume"):
         recorder, arrays = Recorder.resume(_results_dir(context), context.run_id)
     else:
-        arrays, recorder = None, Recorder.start(
-            _results_dir(context),
-            {
-                "app": __package__,
-                "notebook": NOTEBOOK,
-                "notebook_sha256": NOTEBOOK_SHA256,
-                "run_id": context.run_id,
-                "run_config": dict(context.run_config),
-                "num_rounds": num_rounds,
-            },
+        arrays, recorder = (
+            None,
+            Recorder.start(
+                _results_dir(context),
+                {
+                    "app": __package__,
+                    "notebook": NOTEBOOK,
+                    "notebook_sha256": NOTEBOOK_SHA256,
+                    "run_id": context.run_id,
+                    "run_config": dict(context.run_config),
+                    "num_rounds": num_rounds,
+                },
+            ),
         )
     if arrays is None:
         torch.manual_seed(int(config.get("seed", 0)))

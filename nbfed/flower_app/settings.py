@@ -29,15 +29,19 @@ class Setting:
 
 TOOLKIT_SETTINGS: dict[str, Setting] = {
     "min-sites": Setting(
-        2, "sites online before a round starts, the quorum (a launcher that knows the sites passes a majority)",
-        "nbfed_min_sites"),
+        2,
+        "sites online before a round starts, the quorum (a launcher that knows the sites passes a majority)",
+        "nbfed_min_sites",
+    ),
     "expected-sites": Setting(
-        0, "sites the first round waits for, up to the round timeout, before it goes on with the quorum (0: none)"),
+        0, "sites the first round waits for, up to the round timeout, before it goes on with the quorum (0: none)"
+    ),
     "fraction-train": Setting(1.0, "fraction of the online sites sampled to train each round", "nbfed_fraction_train"),
     "fraction-evaluate": Setting(1.0, "fraction asked to evaluate each round's model (0: training only)"),
     "transfer-dtype": Setting("float32", "float16: the model travels at half the bytes both ways (kept float32)"),
     "round-timeout": Setting(
-        1800.0, "seconds a round waits for replies, and for the quorum to be online", "nbfed_round_timeout"),
+        1800.0, "seconds a round waits for replies, and for the quorum to be online", "nbfed_round_timeout"
+    ),
     "results-dir": Setting("", "where the ServerApp writes the run's results (empty: $NBFED_RESULTS_ROOT/run-<id>)"),
     "resume": Setting(False, "continue the run in results-dir from its last checkpoint"),
 }
@@ -90,7 +94,7 @@ class Site:
         if "data-dir" not in cfg:
             raise SiteDataError(
                 f"site {name}: the SuperNode has no 'data-dir' in its node config; "
-                "start it with --node-config 'site=\"NAME\" data-dir=\"/path/to/data\"'"
+                'start it with --node-config \'site="NAME" data-dir="/path/to/data"\''
             )
         data_dir = Path(str(cfg["data-dir"]))
         if not data_dir.is_dir():

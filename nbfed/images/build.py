@@ -1,6 +1,6 @@
 """The docker build: each planned image whose content tag the engine lacks, built from its context.
 
-    build/context/<image>/      the Dockerfile's directory, lock/ and wheels/ per install layer
+build/context/<image>/      the Dockerfile's directory, lock/ and wheels/ per install layer
 """
 
 from __future__ import annotations
@@ -99,8 +99,10 @@ def base_image_digest(client: Any, base_image: str, *, role: str = "base image")
             f"{BOOTSTRAP_BASE_IMAGE + TOOLS_SUFFIX}) and pass base_image={BOOTSTRAP_BASE_IMAGE!r}."
         )
     config = info.get("Config") or {}
-    content = {"layers": (info.get("RootFS") or {}).get("Layers", []),
-               **{k: config.get(k) for k in ("Env", "Cmd", "Entrypoint", "WorkingDir", "User")}}
+    content = {
+        "layers": (info.get("RootFS") or {}).get("Layers", []),
+        **{k: config.get(k) for k in ("Env", "Cmd", "Entrypoint", "WorkingDir", "User")},
+    }
     return "sha256:" + hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
@@ -129,14 +131,21 @@ def build_images(
     client = docker_client()
     base_digest = base_image_digest(client, base_image)
     tools_image = tools_image or default_tools_image(base_image)
-    tools_digest = base_image_digest(client, tools_image, role="tools image (the base's Debian release with "
-                                     "binutils, for stripping the libraries)")
+    tools_digest = base_image_digest(
+        client, tools_image, role="tools image (the base's Debian release with binutils, for stripping the libraries)"
+    )
     for flavour in flavours:  # before any download, as the plan would
         check_flavour(flavour)
     dockerfiles()
     wheelhouses = prepare_wheelhouses(requirements, flavours, build_dir, torch_index_url, console=console)
-    specs = plan_images(wheelhouses, base_image=base_image, base_digest=base_digest, tools_image=tools_image,
-                        tools_digest=tools_digest, labels=labels)
+    specs = plan_images(
+        wheelhouses,
+        base_image=base_image,
+        base_digest=base_digest,
+        tools_image=tools_image,
+        tools_digest=tools_digest,
+        labels=labels,
+    )
     extra_labels = {k: v for k, v in (labels or {}).items() if k not in LABEL_BUILD_ARGS}
     results: list[BuiltImage] = []
     for spec in specs:
@@ -152,8 +161,18 @@ def build_images(
                 raise ImagesError(f"the build of {spec.ref} finished but the image is not there")
         else:
             console.print(f"[green]{spec.ref}[/green] exists: nothing to build", highlight=False)
-        results.append(BuiltImage(spec.name, spec.tag, info["Id"], int(info.get("Size", 0)), built,
-                                  time.monotonic() - started, spec.kind, spec.flavour))
+        results.append(
+            BuiltImage(
+                spec.name,
+                spec.tag,
+                info["Id"],
+                int(info.get("Size", 0)),
+                built,
+                time.monotonic() - started,
+                spec.kind,
+                spec.flavour,
+            )
+        )
     console.print(images_table(results))
     return results
 
@@ -165,8 +184,12 @@ def images_table(images: Sequence[BuiltImage]) -> Table:
     table.add_column("size", justify="right")
     table.add_column("build", justify="right")
     for image in images:
-        table.add_row(image.ref, image.id.removeprefix("sha256:")[:12], human(image.size_bytes),
-                      f"{image.seconds:.0f} s" if image.built else "cached")
+        table.add_row(
+            image.ref,
+            image.id.removeprefix("sha256:")[:12],
+            human(image.size_bytes),
+            f"{image.seconds:.0f} s" if image.built else "cached",
+        )
     return table
 
 
@@ -189,27 +212,37 @@ def _assemble_context(spec: ImageSpec, build_dir: Path) -> Path:
             for w in pins:
                 link_or_copy(spec.wheelhouse / w.filename, layer_dir / w.filename)
             (ctx / "lock" / f"{layer}.txt").write_text(
-                f"# {layer}: {len(pins)} wheels\n" + "".join(f"{w.pin}\n" for w in pins))
+                f"# {layer}: {len(pins)} wheels\n" + "".join(f"{w.pin}\n" for w in pins)
+            )
     return ctx
 
 
 _STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
 
 
-def _docker_build(client: Any, spec: ImageSpec, ctx: Path, extra_labels: Mapping[str, str],
-                  console: Console) -> str:
+def _docker_build(client: Any, spec: ImageSpec, ctx: Path, extra_labels: Mapping[str, str], console: Console) -> str:
     """Run one API build, streaming its steps; returns the image id."""
     tail: list[str] = []
     image_id = ""
     with console.status(f"building {spec.ref}") as status:
-        stream = client.build(path=str(ctx), tag=spec.ref, buildargs=dict(spec.buildargs),
-                              labels=dict(extra_labels) or None, rm=True, forcerm=True,
-                              pull=False, decode=True)
+        stream = client.build(
+            path=str(ctx),
+            tag=spec.ref,
+            buildargs=dict(spec.buildargs),
+            labels=dict(extra_labels) or None,
+            rm=True,
+            forcerm=True,
+            pull=False,
+            decode=True,
+        )
         for chunk in stream:
             if "error" in chunk:
                 detail = (chunk.get("errorDetail") or {}).get("message") or chunk["error"]
-                raise ImagesError(f"building {spec.ref} failed: {detail.strip()}\n"
-                                  + "\n".join(tail[-25:]) + f"\n(build context: {ctx})")
+                raise ImagesError(
+                    f"building {spec.ref} failed: {detail.strip()}\n"
+                    + "\n".join(tail[-25:])
+                    + f"\n(build context: {ctx})"
+                )
             if aux := chunk.get("aux"):
                 image_id = aux.get("ID", image_id)
             text = chunk.get("stream", "")
@@ -221,9 +254,12 @@ def _docker_build(client: Any, spec: ImageSpec, ctx: Path, extra_labels: Mapping
                 del tail[:-50]
                 if m := _STEP.match(line):
                     instruction = " ".join(m[3].split())
-                    console.print(f"  [cyan]{spec.kind}{'/' + spec.flavour if spec.flavour else ''}"
-                                  f"[/cyan] step {m[1]}/{m[2]}: {cut(instruction, 100)}",
-                                  highlight=False, soft_wrap=True)
+                    console.print(
+                        f"  [cyan]{spec.kind}{'/' + spec.flavour if spec.flavour else ''}"
+                        f"[/cyan] step {m[1]}/{m[2]}: {cut(instruction, 100)}",
+                        highlight=False,
+                        soft_wrap=True,
+                    )
                     status.update(f"building {spec.ref}: step {m[1]}/{m[2]} {cut(instruction, 60)}")
                 elif line.startswith(" ---> Using cache"):
                     status.update(f"building {spec.ref}: cached")

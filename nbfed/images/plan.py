@@ -74,8 +74,14 @@ def content_tag(
     """
     digest = hashlib.sha256()
     tools = [f"tools={tools_image_digest}"] if tools_image_digest else []
-    for part in (f"schema={SCHEMA}", f"base={base_image_digest}", *tools, f"lock={lock}",
-                 f"flavour={flavour}", f"flwr={flwr_version}"):
+    for part in (
+        f"schema={SCHEMA}",
+        f"base={base_image_digest}",
+        *tools,
+        f"lock={lock}",
+        f"flavour={flavour}",
+        f"flwr={flwr_version}",
+    ):
         digest.update(part.encode() + b"\0")
     for path in sorted(context_files):
         digest.update(path.encode() + b"\0" + hashlib.sha256(context_files[path]).digest())
@@ -93,15 +99,16 @@ def dockerfiles() -> Path:
     """images_dir(), once it holds the Dockerfiles; else an error that says where to run from."""
     src = images_dir()
     if not (src / "aggregator" / "Dockerfile").is_file():
-        raise ImagesError(f"the Dockerfiles are not in {src}: run nbfed from a source checkout, "
-                          "or set NBFED_IMAGES_DIR to its images/ directory")
+        raise ImagesError(
+            f"the Dockerfiles are not in {src}: run nbfed from a source checkout, "
+            "or set NBFED_IMAGES_DIR to its images/ directory"
+        )
     return src
 
 
 def context_files(dockerfile_dir: Path) -> dict[str, bytes]:
     """The files of a Dockerfile's directory that go into its build context, by name."""
-    files = {p.name: p.read_bytes() for p in sorted(dockerfile_dir.iterdir())
-             if p.is_file() and p.name != "README.md"}
+    files = {p.name: p.read_bytes() for p in sorted(dockerfile_dir.iterdir()) if p.is_file() and p.name != "README.md"}
     if "Dockerfile" not in files:
         raise ImagesError(f"no Dockerfile in {dockerfile_dir}")
     return files
@@ -130,8 +137,12 @@ def plan_images(
     for flavour in wheelhouses.flavours:
         check_flavour(flavour)
     src = dockerfiles()
-    common = {"BASE_IMAGE": base_image, "TOOLS_IMAGE": tools_image or default_tools_image(base_image),
-              "FLWR_VERSION": FLWR_VERSION, "NBFED_VERSION": NBFED_VERSION}
+    common = {
+        "BASE_IMAGE": base_image,
+        "TOOLS_IMAGE": tools_image or default_tools_image(base_image),
+        "FLWR_VERSION": FLWR_VERSION,
+        "NBFED_VERSION": NBFED_VERSION,
+    }
     for key, value in (labels or {}).items():
         if key in LABEL_BUILD_ARGS:
             common[LABEL_BUILD_ARGS[key]] = value
@@ -140,8 +151,11 @@ def plan_images(
     proxy_dir = src / "proxy"
     proxy_tag = content_tag(base_image_digest=base_digest, context_files=context_files(proxy_dir))
     proxy_args = {k: v for k, v in common.items() if k in ("BASE_IMAGE", "NBFED_VERSION", "SOURCE_URL")}
-    specs.append(ImageSpec("proxy", f"{IMAGE_PREFIX}/proxy", proxy_tag, proxy_dir,
-                           buildargs={**proxy_args, "CONTENT_TAG": proxy_tag}))
+    specs.append(
+        ImageSpec(
+            "proxy", f"{IMAGE_PREFIX}/proxy", proxy_tag, proxy_dir, buildargs={**proxy_args, "CONTENT_TAG": proxy_tag}
+        )
+    )
     keep = " ".join(sorted(named(wheelhouses.requirements) & set(AGGREGATOR_OPTIONAL)))
     for kind, flavour in [("aggregator", "cpu"), *(("site", f) for f in wheelhouses.flavours)]:
         dockerfile_dir = src / kind
@@ -149,11 +163,18 @@ def plan_images(
         digest = lock_digest(wheelhouse)
         kept = keep if kind == "aggregator" else ""  # what it keeps is part of what it installs
         args = {**common, "FLAVOUR": flavour, "LOCK_SHA256": digest, **({"NBFED_KEEP": kept} if kept else {})}
-        tag = content_tag(base_image_digest=base_digest, tools_image_digest=tools_digest,
-                          context_files=context_files(dockerfile_dir), flavour=flavour,
-                          lock=f"{digest} keep={kept}" if kept else digest)
+        tag = content_tag(
+            base_image_digest=base_digest,
+            tools_image_digest=tools_digest,
+            context_files=context_files(dockerfile_dir),
+            flavour=flavour,
+            lock=f"{digest} keep={kept}" if kept else digest,
+        )
         if kind == "site":
             tag = f"{tag}-{flavour}"
-        specs.append(ImageSpec(kind, f"{IMAGE_PREFIX}/{kind}", tag, dockerfile_dir, flavour, wheelhouse,
-                               {**args, "CONTENT_TAG": tag}))
+        specs.append(
+            ImageSpec(
+                kind, f"{IMAGE_PREFIX}/{kind}", tag, dockerfile_dir, flavour, wheelhouse, {**args, "CONTENT_TAG": tag}
+            )
+        )
     return specs

@@ -80,23 +80,40 @@ def torch_index(flavour: str, torch_index_url: str | None) -> str | None:
 
 
 def pip_target_args() -> list[str]:
-    args = ["--only-binary=:all:", "--python-version", PYTHON_VERSION, "--implementation", "cp",
-            "--abi", PYTHON_ABI, "--abi", "abi3", "--abi", "none"]
+    args = [
+        "--only-binary=:all:",
+        "--python-version",
+        PYTHON_VERSION,
+        "--implementation",
+        "cp",
+        "--abi",
+        PYTHON_ABI,
+        "--abi",
+        "abi3",
+        "--abi",
+        "none",
+    ]
     for platform in PLATFORMS:
         args += ["--platform", platform]
     return args
 
 
-def run_pip(args: list[str], console: Console, what: str, show: tuple[str, ...] = (),
-            cwd: Path | None = None) -> list[str]:
+def run_pip(
+    args: list[str], console: Console, what: str, show: tuple[str, ...] = (), cwd: Path | None = None
+) -> list[str]:
     """Run pip, streaming the lines that start with one of `show`; raise with its tail on failure."""
     cmd = [sys.executable, "-m", "pip", *args]
-    env = dict(os.environ, PIP_PROGRESS_BAR="off", PIP_DISABLE_PIP_VERSION_CHECK="1",
-               PIP_NO_INPUT="1", PYTHONUNBUFFERED="1", SOURCE_DATE_EPOCH="315532800")
+    env = dict(
+        os.environ,
+        PIP_PROGRESS_BAR="off",
+        PIP_DISABLE_PIP_VERSION_CHECK="1",
+        PIP_NO_INPUT="1",
+        PYTHONUNBUFFERED="1",
+        SOURCE_DATE_EPOCH="315532800",
+    )
     lines: list[str] = []
     with console.status(f"{what}…") as status:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                                cwd=cwd)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd)
         assert proc.stdout is not None
         for line in proc.stdout:
             line = line.rstrip()
@@ -111,8 +128,10 @@ def run_pip(args: list[str], console: Console, what: str, show: tuple[str, ...] 
         tail = "\n".join(lines[-30:])
         hint = ""
         if "No matching distribution" in tail or "ResolutionImpossible" in tail:
-            hint = ("\nEvery dependency needs a wheel for CPython 3.11 on manylinux x86_64; pin a "
-                    "version that has one, or check the package name.")
+            hint = (
+                "\nEvery dependency needs a wheel for CPython 3.11 on manylinux x86_64; pin a "
+                "version that has one, or check the package name."
+            )
         raise ImagesError(f"{what} failed (pip exit code {code}):\n{tail}{hint}")
     return lines
 
@@ -138,9 +157,22 @@ def resolve_requirements(
         req_file = Path(tmp) / "requirements.in"
         req_file.write_text("\n".join(reqs) + "\n")
         report_path = Path(tmp) / "report.json"
-        run_pip(["install", "--dry-run", "--ignore-installed", "--quiet", "--report", str(report_path),
-                 *pip_target_args(), *index_args, "-r", str(req_file)],
-                console, f"resolving the {flavour} dependencies")
+        run_pip(
+            [
+                "install",
+                "--dry-run",
+                "--ignore-installed",
+                "--quiet",
+                "--report",
+                str(report_path),
+                *pip_target_args(),
+                *index_args,
+                "-r",
+                str(req_file),
+            ],
+            console,
+            f"resolving the {flavour} dependencies",
+        )
         report = json.loads(report_path.read_text())
     resolved: list[ResolvedWheel] = []
     for item in report.get("install", []):
@@ -153,8 +185,7 @@ def resolve_requirements(
         filename = unquote(Path(urlparse(url).path).name)
         if not filename.endswith(".whl"):
             raise ImagesError(f"{item['metadata']['name']} resolved to {filename!r}, which is not a wheel")
-        resolved.append(ResolvedWheel(item["metadata"]["name"], item["metadata"]["version"], url,
-                                      filename, sha))
+        resolved.append(ResolvedWheel(item["metadata"]["name"], item["metadata"]["version"], url, filename, sha))
     return resolved
 
 

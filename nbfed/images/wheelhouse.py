@@ -93,8 +93,9 @@ def prepare_wheelhouses(
     for flavour in flavours:
         if flavour not in sites:
             sites[flavour] = prepare_wheelhouse(requirements, flavour, build_dir, console=console)
-    return Wheelhouses(tuple(requirements), tuple(flavours), aggregator,
-                       {flavour: sites[flavour] for flavour in flavours})
+    return Wheelhouses(
+        tuple(requirements), tuple(flavours), aggregator, {flavour: sites[flavour] for flavour in flavours}
+    )
 
 
 def prepare_wheelhouse(
@@ -148,11 +149,15 @@ def prepare_wheelhouse(
             shutil.copy2(unquote(urlparse(r.url).path), pool / r.filename)
     missing = [r for r in resolved if not (pool / r.filename).is_file()]
     if missing:
-        console.print(f"wheelhouse [bold]{flavour}[/bold]: downloading {len(missing)} of "
-                      f"{len(resolved)} wheels", highlight=False)
-        run_pip(["download", "--no-deps", "--dest", str(pool), *pip_target_args(), *index_args,
-                 *[r.url for r in missing]],
-                console, f"downloading the {flavour} wheels", show=("Saved", "Downloading"))
+        console.print(
+            f"wheelhouse [bold]{flavour}[/bold]: downloading {len(missing)} of {len(resolved)} wheels", highlight=False
+        )
+        run_pip(
+            ["download", "--no-deps", "--dest", str(pool), *pip_target_args(), *index_args, *[r.url for r in missing]],
+            console,
+            f"downloading the {flavour} wheels",
+            show=("Saved", "Downloading"),
+        )
     wheels: list[LockedWheel] = []
     for r in resolved:
         path = pool / r.filename
@@ -161,25 +166,41 @@ def prepare_wheelhouse(
         actual = _sha256_file(path)
         if r.sha256 and actual != r.sha256:
             path.unlink()
-            raise ImagesError(f"{r.filename}: sha256 {actual} does not match the index's "
-                              f"{r.sha256}; the damaged file was removed, run again")
+            raise ImagesError(
+                f"{r.filename}: sha256 {actual} does not match the index's "
+                f"{r.sha256}; the damaged file was removed, run again"
+            )
         wheels.append(LockedWheel(r.name, r.version, r.filename, actual))
     wheels = sorted(_assign_layers(wheels, pool), key=lambda w: canonical(w.name))
 
     # 3. the lock, and the wheelhouse as hard links into the pool
     for w in wheels:
         link_or_copy(pool / w.filename, wheelhouse / w.filename)
-    header = [f"# nbfed wheelhouse: flavour={flavour} python={PYTHON_VERSION} key={key}",
-              *[f"# input: {r}" for r in reqs]]
+    header = [
+        f"# nbfed wheelhouse: flavour={flavour} python={PYTHON_VERSION} key={key}",
+        *[f"# input: {r}" for r in reqs],
+    ]
     lock_text = "\n".join(header + [f"{w.pin}  # {w.layer} {w.filename}" for w in wheels]) + "\n"
-    (wheelhouse / "lock.json").write_text(json.dumps(
-        {"schema": SCHEMA, "flavour": flavour, "key": key, "requirements": reqs,
-         "wheels": [w.__dict__ for w in wheels]}, indent=1) + "\n")
+    (wheelhouse / "lock.json").write_text(
+        json.dumps(
+            {
+                "schema": SCHEMA,
+                "flavour": flavour,
+                "key": key,
+                "requirements": reqs,
+                "wheels": [w.__dict__ for w in wheels],
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     (wheelhouse / "requirements.lock").write_text(lock_text)  # written last: marks completion
     size = sum((wheelhouse / w.filename).stat().st_size for w in wheels)
-    console.print(f"wheelhouse [bold]{flavour}[/bold]: {len(wheels)} wheels, {human(size)}, "
-                  f"locked in {time.monotonic() - started:.0f} s ({wheelhouse / 'requirements.lock'})",
-                  highlight=False)
+    console.print(
+        f"wheelhouse [bold]{flavour}[/bold]: {len(wheels)} wheels, {human(size)}, "
+        f"locked in {time.monotonic() - started:.0f} s ({wheelhouse / 'requirements.lock'})",
+        highlight=False,
+    )
     return wheelhouse
 
 
@@ -196,8 +217,10 @@ def nbfed_wheel(build_dir: Path, console: Console) -> Path:
         raise ImagesError(f"nbfed's sources are not in {root}: build images from a source checkout")
     # The README is the package's long description only: a stand-in keeps documentation
     # edits from changing the wheel and so the aggregator image.
-    sources = [root / "pyproject.toml",
-               *(p for p in sorted((root / "nbfed").rglob("*")) if p.is_file() and "__pycache__" not in p.parts)]
+    sources = [
+        root / "pyproject.toml",
+        *(p for p in sorted((root / "nbfed").rglob("*")) if p.is_file() and "__pycache__" not in p.parts),
+    ]
     digest = hashlib.sha256()
     for path in sources:
         digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
@@ -210,7 +233,9 @@ def nbfed_wheel(build_dir: Path, console: Console) -> Path:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, target)
         (Path(tmp) / "README.md").write_text("Notebook Federator: see the repository's README.md.\n")
-        run_pip(["wheel", "--no-deps", "--wheel-dir", str(out), tmp], console, "building the nbfed wheel", cwd=Path(tmp))
+        run_pip(
+            ["wheel", "--no-deps", "--wheel-dir", str(out), tmp], console, "building the nbfed wheel", cwd=Path(tmp)
+        )
     return sorted(out.glob("nbfed-*.whl"))[0]
 
 
@@ -251,8 +276,7 @@ def _lock_complete(wheelhouse: Path) -> bool:
         wheels = read_lock(wheelhouse)
     except (OSError, ValueError, KeyError, TypeError):
         return False
-    return (wheelhouse / "requirements.lock").is_file() and all(
-        (wheelhouse / w.filename).is_file() for w in wheels)
+    return (wheelhouse / "requirements.lock").is_file() and all((wheelhouse / w.filename).is_file() for w in wheels)
 
 
 def _sha256_file(path: Path) -> str:
@@ -266,8 +290,7 @@ def _sha256_file(path: Path) -> str:
 def _wheel_requires(path: Path) -> list[str]:
     """Names a wheel requires unconditionally or by environment marker (extras are skipped)."""
     with zipfile.ZipFile(path) as zf:
-        meta = next((n for n in zf.namelist()
-                     if n.endswith(".dist-info/METADATA") and n.count("/") == 1), None)
+        meta = next((n for n in zf.namelist() if n.endswith(".dist-info/METADATA") and n.count("/") == 1), None)
         if meta is None:
             return []
         text = zf.read(meta).decode("utf-8", "replace")
@@ -287,8 +310,7 @@ def _wheel_requires(path: Path) -> list[str]:
 
 def _assign_layers(wheels: list[LockedWheel], pool: Path) -> list[LockedWheel]:
     by_name = {canonical(w.name): w for w in wheels}
-    requires = {n: [d for d in _wheel_requires(pool / w.filename) if d in by_name]
-                for n, w in by_name.items()}
+    requires = {n: [d for d in _wheel_requires(pool / w.filename) if d in by_name] for n, w in by_name.items()}
     layer_of: dict[str, str] = {}
     for layer, roots in LAYERS:
         todo = [canonical(r) for r in roots] if roots else list(by_name)
@@ -299,5 +321,4 @@ def _assign_layers(wheels: list[LockedWheel], pool: Path) -> list[LockedWheel]:
             layer_of[name] = layer
             if roots:
                 todo.extend(requires[name])
-    return [LockedWheel(w.name, w.version, w.filename, w.sha256, layer_of[canonical(w.name)])
-            for w in wheels]
+    return [LockedWheel(w.name, w.version, w.filename, w.sha256, layer_of[canonical(w.name)]) for w in wheels]

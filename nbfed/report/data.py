@@ -38,7 +38,9 @@ def _read_json(path: Path, *, required: bool) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not valid JSON ({exc}); the run may have been interrupted while writing it") from exc
+        raise ValueError(
+            f"{path} is not valid JSON ({exc}); the run may have been interrupted while writing it"
+        ) from exc
 
 
 def load_results(results_dir: Path) -> tuple[dict, list[dict], dict | None]:
@@ -149,8 +151,10 @@ class RoundRow:
 
 
 def round_rows(rounds: list[dict]) -> list[RoundRow]:
-    return [RoundRow(r.get("round", "?"), r.get("duration_s"), r.get("overhead_s"), len(contributors(r)), pooled(r))
-            for r in rounds]
+    return [
+        RoundRow(r.get("round", "?"), r.get("duration_s"), r.get("overhead_s"), len(contributors(r)), pooled(r))
+        for r in rounds
+    ]
 
 
 def round_problems(run: dict, rounds: list[dict]) -> list[tuple[str, str]]:

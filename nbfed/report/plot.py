@@ -46,7 +46,9 @@ def _per_round(ax, run: dict, rounds: list[dict]) -> None:
         if all(y is None for y in ys):
             continue
         # None -> NaN leaves a gap in the line instead of failing.
-        ax.plot(xs, [float("nan") if y is None else y for y in ys], marker=marker, linewidth=1.8, label=METRIC_LABELS[name])
+        ax.plot(
+            xs, [float("nan") if y is None else y for y in ys], marker=marker, linewidth=1.8, label=METRIC_LABELS[name]
+        )
         plotted += 1
     if not plotted:
         ax.text(0.5, 0.5, "no pooled metrics reported", ha="center", va="center", transform=ax.transAxes)

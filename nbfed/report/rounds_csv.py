@@ -38,7 +38,18 @@ def write_rounds_csv(results_dir: Path, *, overwrite: bool = True) -> Path:
     _, rounds, _ = load_results(results_dir)
     pooled_records = [pooled(r) for r in rounds]
     extra = _extra_keys(pooled_records)
-    header = ["round", "duration_s", "sites", "site_names", "train_sites", "overhead_s", *METRIC_NAMES, *CONFUSION_KEYS, "num_examples", *extra]
+    header = [
+        "round",
+        "duration_s",
+        "sites",
+        "site_names",
+        "train_sites",
+        "overhead_s",
+        *METRIC_NAMES,
+        *CONFUSION_KEYS,
+        "num_examples",
+        *extra,
+    ]
     with path.open("w", encoding="utf-8", newline="") as fh:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(header)

@@ -15,11 +15,7 @@ def render_table(results_dir: Path) -> Table:
     columns, rows = table2_rows(run, rounds, baselines)
     title = f"Test metrics, {len(rounds)} of {run.get('num_rounds', '?')} rounds"
     exact = bool(rounds) and all(pooled(r).get("method") == "confusion-counts" for r in rounds[-1:])
-    caption = (
-        "test splits, summed confusion counts"
-        if exact or baselines
-        else "test splits, example-weighted means"
-    )
+    caption = "test splits, summed confusion counts" if exact or baselines else "test splits, example-weighted means"
     table = Table(title=title, caption=caption)
     table.add_column("Metric", style="bold")
     for column in columns:

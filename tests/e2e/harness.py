@@ -29,9 +29,26 @@ PREFIX = "nbfed-e2e-"
 COMPOSE_PLUGIN = Path("/usr/local/lib/docker/cli-plugins/docker-compose")
 # What the inner engines need without --privileged (see ENVIRONMENT.md); SYS_PTRACE lets
 # `docker exec` (and so health checks) enter containers that run as another user.
-ENGINE_ARGS = ["--cap-add", "SYS_ADMIN", "--cap-add", "NET_ADMIN", "--cap-add", "MKNOD", "--cap-add", "SYS_PTRACE",
-               "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
-               "--cgroupns", "host", "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw", "--tmpfs", "/run"]
+ENGINE_ARGS = [
+    "--cap-add",
+    "SYS_ADMIN",
+    "--cap-add",
+    "NET_ADMIN",
+    "--cap-add",
+    "MKNOD",
+    "--cap-add",
+    "SYS_PTRACE",
+    "--security-opt",
+    "seccomp=unconfined",
+    "--security-opt",
+    "apparmor=unconfined",
+    "--cgroupns",
+    "host",
+    "-v",
+    "/sys/fs/cgroup:/sys/fs/cgroup:rw",
+    "--tmpfs",
+    "/run",
+]
 
 
 def sh(*argv: str, check: bool = True, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
@@ -55,8 +72,18 @@ def host_image(base_image: str) -> str:
         for path in files:
             shutil.copy2(path, ctx)
         shutil.copy2(COMPOSE_PLUGIN, Path(ctx) / "docker-compose")
-        sh("docker", "build", "-q", "--build-arg", f"BASE_IMAGE={base_image}", "-t", tag, ctx, timeout=1200,
-           env={"DOCKER_BUILDKIT": "0", "PATH": "/usr/local/bin:/usr/bin:/bin"})
+        sh(
+            "docker",
+            "build",
+            "-q",
+            "--build-arg",
+            f"BASE_IMAGE={base_image}",
+            "-t",
+            tag,
+            ctx,
+            timeout=1200,
+            env={"DOCKER_BUILDKIT": "0", "PATH": "/usr/local/bin:/usr/bin:/bin"},
+        )
     return tag
 
 
@@ -69,7 +96,9 @@ class Hosts:
         self.known_hosts = workdir / "known_hosts"
         net = SUBNET.rsplit(".", 1)[0]
         sites = iter(range(21, 99))
-        self.address = {n: f"{net}.{10 if n == 'aggregator' else 99 if n == 'intruder' else next(sites)}" for n in names}
+        self.address = {
+            n: f"{net}.{10 if n == 'aggregator' else 99 if n == 'intruder' else next(sites)}" for n in names
+        }
 
     # -- lifecycle ---------------------------------------------------------------------
     def __enter__(self) -> Hosts:
@@ -94,10 +123,30 @@ class Hosts:
             self.names.append(name)
             net = SUBNET.rsplit(".", 1)[0]
             self.address[name] = f"{net}.{21 + sum(1 for n in self.address if n.startswith('site'))}"
-        sh("docker", "run", "-d", "--name", PREFIX + name, "--hostname", name, "--network", NETWORK,
-           "--ip", self.address[name], *ENGINE_ARGS, "-v", f"{PREFIX}{name}:/var/lib/docker", self.image)
-        self.exec(name, "sh", "-c", "cat > /root/.ssh/authorized_keys && chmod 600 /root/.ssh/authorized_keys",
-                  input=(self.key.with_suffix(".pub")).read_text())
+        sh(
+            "docker",
+            "run",
+            "-d",
+            "--name",
+            PREFIX + name,
+            "--hostname",
+            name,
+            "--network",
+            NETWORK,
+            "--ip",
+            self.address[name],
+            *ENGINE_ARGS,
+            "-v",
+            f"{PREFIX}{name}:/var/lib/docker",
+            self.image,
+        )
+        self.exec(
+            name,
+            "sh",
+            "-c",
+            "cat > /root/.ssh/authorized_keys && chmod 600 /root/.ssh/authorized_keys",
+            input=(self.key.with_suffix(".pub")).read_text(),
+        )
 
     def wait(self, name: str, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
@@ -120,8 +169,9 @@ class Hosts:
         sh("docker", "network", "rm", NETWORK, check=False)
 
     # -- use ---------------------------------------------------------------------------
-    def exec(self, name: str, *argv: str, check: bool = True, input: str | None = None,
-             timeout: float = 600) -> subprocess.CompletedProcess:
+    def exec(
+        self, name: str, *argv: str, check: bool = True, input: str | None = None, timeout: float = 600
+    ) -> subprocess.CompletedProcess:
         return sh("docker", "exec", "-i", PREFIX + name, *argv, check=check, input=input, timeout=timeout)
 
     def cap_link(self, name: str, rate: str | None) -> None:
@@ -143,19 +193,42 @@ class Hosts:
         self.exec(name, "mkdir", "-p", str(Path(target).parent))
         sh("docker", "cp", str(source), f"{PREFIX}{name}:{target}")
 
-    def write_inventory(self, path: Path, sites: list[str], group_vars: dict,
-                        host_vars: dict[str, dict] | None = None) -> Path:
+    def write_inventory(
+        self, path: Path, sites: list[str], group_vars: dict, host_vars: dict[str, dict] | None = None
+    ) -> Path:
         """An inventory of the aggregator and `sites` (the intruder is left out, as it must be)."""
-        ssh = {"ansible_user": "root", "ansible_ssh_private_key_file": str(self.key),
-               "ansible_ssh_common_args": f"-o UserKnownHostsFile={self.known_hosts} -o StrictHostKeyChecking=yes",
-               "ansible_python_interpreter": "/usr/bin/python3"}
-        inventory = {"all": {"vars": {**ssh, **group_vars}, "children": {
-            "aggregator": {"hosts": {"aggregator": {"ansible_host": self.address["aggregator"],
-                                                     "aggregator_address": self.address["aggregator"]}}},
-            "sites": {"hosts": {s: {"ansible_host": self.address[s], "site_address": self.address[s],
-                                    "site_data_dir": "/srv/nbfed/data", **(host_vars or {}).get(s, {})}
-                                for s in sites}},
-        }}}
+        ssh = {
+            "ansible_user": "root",
+            "ansible_ssh_private_key_file": str(self.key),
+            "ansible_ssh_common_args": f"-o UserKnownHostsFile={self.known_hosts} -o StrictHostKeyChecking=yes",
+            "ansible_python_interpreter": "/usr/bin/python3",
+        }
+        inventory = {
+            "all": {
+                "vars": {**ssh, **group_vars},
+                "children": {
+                    "aggregator": {
+                        "hosts": {
+                            "aggregator": {
+                                "ansible_host": self.address["aggregator"],
+                                "aggregator_address": self.address["aggregator"],
+                            }
+                        }
+                    },
+                    "sites": {
+                        "hosts": {
+                            s: {
+                                "ansible_host": self.address[s],
+                                "site_address": self.address[s],
+                                "site_data_dir": "/srv/nbfed/data",
+                                **(host_vars or {}).get(s, {}),
+                            }
+                            for s in sites
+                        }
+                    },
+                },
+            }
+        }
         path.mkdir(parents=True, exist_ok=True)
         (path / "hosts.yml").write_text(yaml.safe_dump(inventory, sort_keys=False))
         return path
@@ -193,20 +266,33 @@ class Registry:
         make_pki(pki, [GATEWAY], [], ca_name="nbfed e2e registry CA")
         self.ca = pki / "ca.crt"
         config = self.workdir / "config.yml"
-        config.write_text(yaml.safe_dump({
-            "version": 0.1, "log": {"level": "warn"},
-            "storage": {"filesystem": {"rootdirectory": str(self.workdir / "data")}},
-            "http": {"addr": self.address, "tls": {"certificate": str(pki / "server.pem"), "key": str(pki / "server.key")}},
-        }))
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "version": 0.1,
+                    "log": {"level": "warn"},
+                    "storage": {"filesystem": {"rootdirectory": str(self.workdir / "data")}},
+                    "http": {
+                        "addr": self.address,
+                        "tls": {"certificate": str(pki / "server.pem"), "key": str(pki / "server.key")},
+                    },
+                }
+            )
+        )
         self.certs_d.mkdir(parents=True, exist_ok=True)
         shutil.copy(self.ca, self.certs_d / "ca.crt")
-        self.process = subprocess.Popen(["docker-registry", "serve", str(config)],
-                                        stdout=open(self.workdir / "registry.log", "w"), stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            ["docker-registry", "serve", str(config)],
+            stdout=open(self.workdir / "registry.log", "w"),
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + 30
         while sh("curl", "-sf", "--cacert", str(self.ca), f"https://{self.address}/v2/", check=False).returncode:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.__exit__()
-                raise RuntimeError(f"docker-registry did not start: {(self.workdir / 'registry.log').read_text()[-2000:]}")
+                raise RuntimeError(
+                    f"docker-registry did not start: {(self.workdir / 'registry.log').read_text()[-2000:]}"
+                )
             time.sleep(0.5)
         return self
 

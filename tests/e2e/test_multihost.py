@@ -25,16 +25,24 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
 SITES = ["site-a", "site-b", "site-c"]
 ROUNDS = 2
-CHECK_TLS = ("import ssl,sys,urllib.request as r;"
-             "c=ssl.create_default_context(cafile=sys.argv[2]) if len(sys.argv)>2 else None;"
-             "print(r.urlopen(sys.argv[1],timeout=10,context=c).status)")
+CHECK_TLS = (
+    "import ssl,sys,urllib.request as r;"
+    "c=ssl.create_default_context(cafile=sys.argv[2]) if len(sys.argv)>2 else None;"
+    "print(r.urlopen(sys.argv[1],timeout=10,context=c).status)"
+)
 
 
 def ansible_playbook(*args: str, timeout: int = 1800) -> subprocess.CompletedProcess:
     env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    done = subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "ansible-playbook"), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     done.output = done.stdout + done.stderr  # type: ignore[attr-defined]
     return done
 
@@ -45,9 +53,16 @@ class Consortium:
         self.control, self.results = root / "control", root / "results"
         # SSH without -C (Ansible's default): the hosts share one machine's bridge, where
         # compressing each 1 GB image archive on one core costs about 30 s and saves nothing.
-        self.group_vars = group_vars(root, base_image, nbfed_notebook="notebook/template.ipynb", nbfed_rounds=ROUNDS,
-                                     nbfed_min_sites=len(SITES), nbfed_fraction_train=1.0, nbfed_round_timeout=600,
-                                     ansible_ssh_args="-o ControlMaster=auto -o ControlPersist=60s")
+        self.group_vars = group_vars(
+            root,
+            base_image,
+            nbfed_notebook="notebook/template.ipynb",
+            nbfed_rounds=ROUNDS,
+            nbfed_min_sites=len(SITES),
+            nbfed_fraction_train=1.0,
+            nbfed_round_timeout=600,
+            ansible_ssh_args="-o ControlMaster=auto -o ControlPersist=60s",
+        )
         self.inventory = hosts.write_inventory(root / "inventory", SITES, self.group_vars)
 
     def playbook(self, playbook: str, *args: str, **kwargs) -> subprocess.CompletedProcess:
@@ -98,8 +113,10 @@ def test_images_travelled_as_checksummed_archives(consortium, deployed) -> None:
 
 
 def test_firewall_admits_the_sites_and_drops_the_intruder(consortium, deployed) -> None:
-    probe = ("import socket,sys;s=socket.socket();s.settimeout(5);"
-             "print('open' if s.connect_ex((sys.argv[1],8000))==0 else 'closed')")
+    probe = (
+        "import socket,sys;s=socket.socket();s.settimeout(5);"
+        "print('open' if s.connect_ex((sys.argv[1],8000))==0 else 'closed')"
+    )
     aggregator = consortium.hosts.address["aggregator"]
     for site in SITES:
         assert consortium.python(site, probe, aggregator).stdout.strip() == "open", site
@@ -122,12 +139,15 @@ def test_tls_is_required_and_verified_against_the_consortium_ca(consortium, depl
 
 
 def test_control_api_is_not_reachable_through_the_fleet_port(consortium, deployed) -> None:
-    code = ("import ssl,sys,urllib.request as r,urllib.error as e;c=ssl.create_default_context(cafile=sys.argv[2]);"
-            "q=r.Request(sys.argv[1],data=b'',method='POST')\n"
-            "try: print(r.urlopen(q,timeout=10,context=c).status)\n"
-            "except e.HTTPError as x: print(x.code)")
-    done = consortium.python("site-a", code, f"https://{consortium.fleet}/v1/control/list-runs",
-                             "/opt/nbfed/site/certs/ca.crt")
+    code = (
+        "import ssl,sys,urllib.request as r,urllib.error as e;c=ssl.create_default_context(cafile=sys.argv[2]);"
+        "q=r.Request(sys.argv[1],data=b'',method='POST')\n"
+        "try: print(r.urlopen(q,timeout=10,context=c).status)\n"
+        "except e.HTTPError as x: print(x.code)"
+    )
+    done = consortium.python(
+        "site-a", code, f"https://{consortium.fleet}/v1/control/list-runs", "/opt/nbfed/site/certs/ca.crt"
+    )
     assert done.stdout.strip() == "403", done.stdout + done.stderr
 
 
@@ -135,12 +155,31 @@ def test_unregistered_supernode_is_refused(consortium, deployed) -> None:
     """A SuperNode with a key SuperLink never registered, from a site host, with the right CA."""
     site = consortium.hosts
     image = site.exec("site-a", "sh", "-c", "grep ^NBFED_SITE_IMAGE= /opt/nbfed/site/.env | cut -d= -f2").stdout.strip()
-    site.exec("site-a", "sh", "-c", "rm -rf /tmp/rogue && mkdir /tmp/rogue && ssh-keygen -q -t ecdsa -b 384 -N '' "
-              "-f /tmp/rogue/node.key && chown -R 10001:10001 /tmp/rogue")
-    done = site.exec("site-a", "timeout", "60", "docker", "run", "--rm", "-v", "/tmp/rogue:/keys:ro",
-                     "-v", "/opt/nbfed/site/certs:/certs:ro", image, f"--superlink={consortium.fleet}",
-                     "--root-certificates=/certs/ca.crt", "--auth-supernode-private-key=/keys/node.key",
-                     check=False, timeout=90)
+    site.exec(
+        "site-a",
+        "sh",
+        "-c",
+        "rm -rf /tmp/rogue && mkdir /tmp/rogue && ssh-keygen -q -t ecdsa -b 384 -N '' "
+        "-f /tmp/rogue/node.key && chown -R 10001:10001 /tmp/rogue",
+    )
+    done = site.exec(
+        "site-a",
+        "timeout",
+        "60",
+        "docker",
+        "run",
+        "--rm",
+        "-v",
+        "/tmp/rogue:/keys:ro",
+        "-v",
+        "/opt/nbfed/site/certs:/certs:ro",
+        image,
+        f"--superlink={consortium.fleet}",
+        "--root-certificates=/certs/ca.crt",
+        "--auth-supernode-private-key=/keys/node.key",
+        check=False,
+        timeout=90,
+    )
     said = done.stdout + done.stderr
     assert done.returncode != 0 and "Failed to activate SuperNode" in said, said[-3000:]
 
@@ -172,8 +211,16 @@ def test_a_capped_link_carries_its_rate_and_rounds_cross_it(consortium, deployed
     sys.path.insert(0, str(ROOT / "bench"))
     import links
 
-    measured = links.measure(consortium.hosts, str(consortium.inventory), consortium.results, ["site-a"], "10mbit",
-                             params=1_000_000, rounds=1, dtypes=["float16"])
+    measured = links.measure(
+        consortium.hosts,
+        str(consortium.inventory),
+        consortium.results,
+        ["site-a"],
+        "10mbit",
+        params=1_000_000,
+        rounds=1,
+        dtypes=["float16"],
+    )
     link = measured["links"]["site-a"]
     assert 5 < link["download_mbit_s"] < 12 and 5 < link["upload_mbit_s"] < 12, link
     [run] = measured["runs"]
@@ -201,8 +248,13 @@ def test_a_damaged_image_archive_is_refused_before_it_is_copied(consortium, depl
     # The build stage saves the archive anew; then it travels and loads.
     done = consortium.playbook("deploy.yml", "--tags", "build,sites", "--limit", "localhost,site-c")
     assert done.returncode == 0, done.output[-5000:]
-    assert "changed: [localhost] => (item=" in done.output.split("TASK [images : Save the images]", 1)[1].split("TASK [", 1)[0]
-    assert site_image in consortium.hosts.exec("site-c", "docker", "images", "--format", "{{.Repository}}:{{.Tag}}").stdout
+    assert (
+        "changed: [localhost] => (item="
+        in done.output.split("TASK [images : Save the images]", 1)[1].split("TASK [", 1)[0]
+    )
+    assert (
+        site_image in consortium.hosts.exec("site-c", "docker", "images", "--format", "{{.Repository}}:{{.Tag}}").stdout
+    )
 
 
 @pytest.fixture(scope="module")
@@ -213,7 +265,9 @@ def registry(consortium):
         yield registry
 
 
-def test_a_fourth_site_changes_only_itself_and_the_aggregator_and_joins_the_next_run(consortium, deployed, registry) -> None:
+def test_a_fourth_site_changes_only_itself_and_the_aggregator_and_joins_the_next_run(
+    consortium, deployed, registry
+) -> None:
     """site-d pulls its image from a registry (TLS with the registry's own CA, which the
     playbook installs on the host); the first three got theirs as archives."""
     hosts = consortium.hosts
@@ -221,8 +275,12 @@ def test_a_fourth_site_changes_only_itself_and_the_aggregator_and_joins_the_next
     hosts.wait("site-d")
     hosts.copy_to("site-d", consortium.root / "data" / "site-a", "/srv/nbfed/data")
     consortium.group_vars.update(nbfed_registry=registry.address, nbfed_registry_ca=str(registry.ca))
-    hosts.write_inventory(consortium.inventory, [*SITES, "site-d"], consortium.group_vars,
-                          {"site-d": {"nbfed_image_delivery": "registry"}})
+    hosts.write_inventory(
+        consortium.inventory,
+        [*SITES, "site-d"],
+        consortium.group_vars,
+        {"site-d": {"nbfed_image_delivery": "registry"}},
+    )
 
     done = consortium.playbook("deploy.yml")
     assert done.returncode == 0, done.output[-20000:]
@@ -230,28 +288,37 @@ def test_a_fourth_site_changes_only_itself_and_the_aggregator_and_joins_the_next
     task = ""
     for line in done.output.splitlines():
         if line.startswith("TASK ["):
-            task = line[6:line.index("]")]
+            task = line[6 : line.index("]")]
         elif line.startswith("changed: ["):
-            host = line[len("changed: ["):].split("]")[0].split(" -> ")[0]
+            host = line[len("changed: [") :].split("]")[0].split(" -> ")[0]
             changed.setdefault(host, set()).add(task)
     assert set(changed) <= {"site-d", "aggregator", "localhost"}, changed
     # The control node pushed the images once (the only change there).
-    assert changed.get("localhost", set()) <= {"images : Name the images for the registry",
-                                               "images : Push the images (layers the registry has are skipped)"}, changed
+    assert changed.get("localhost", set()) <= {
+        "images : Name the images for the registry",
+        "images : Push the images (layers the registry has are skipped)",
+    }, changed
     assert "image_delivery : Pull the images" in changed["site-d"], changed
     outside_the_run = {t for t in changed["aggregator"] if not t.startswith("run : ")}
-    registry = {"aggregator : Give the sites' public keys to the stack",
-                "aggregator : Register the sites' public keys with SuperLink"}
+    registry = {
+        "aggregator : Give the sites' public keys to the stack",
+        "aggregator : Register the sites' public keys with SuperLink",
+    }
     assert all(t.startswith("firewall : ") or t in registry for t in outside_the_run), changed  # allow-list, nodes
     assert any(t.startswith("firewall : Apply the rules") for t in outside_the_run), changed
     assert registry <= outside_the_run, changed
     # ... and of the public keys, only site-d's was new to SuperLink's stack.
-    given = done.output.split("TASK [aggregator : Give the sites' public keys to the stack]", 1)[1].split("\nTASK [", 1)[0]
+    given = done.output.split("TASK [aggregator : Give the sites' public keys to the stack]", 1)[1].split(
+        "\nTASK [", 1
+    )[0]
     assert [line for line in given.splitlines() if line.startswith("changed:")] == [
-        "changed: [aggregator] => (item=site-d.pub)"], given
+        "changed: [aggregator] => (item=site-d.pub)"
+    ], given
     rules = hosts.exec("aggregator", "iptables", "-S", "NBFED-FLEET").stdout
     assert f"-s {hosts.address['site-d']}/32 -j RETURN" in rules, rules
-    newest = max((p for p in consortium.results.iterdir() if (p / "rounds.json").exists()), key=lambda p: p.stat().st_mtime)
+    newest = max(
+        (p for p in consortium.results.iterdir() if (p / "rounds.json").exists()), key=lambda p: p.stat().st_mtime
+    )
     rounds = json.loads((newest / "rounds.json").read_text())
     assert all(sorted(r["evaluate"]) == [*SITES, "site-d"] for r in rounds), rounds
 

@@ -41,8 +41,16 @@ class Deployment:
         generate(self.data, scale=0.05)
 
     def playbook(self, playbook: str, *args: str, timeout: int = 900, **extra) -> subprocess.CompletedProcess:
-        return run_ansible("ansible-playbook", playbook, "-i", "inventory/local",
-                           "-e", json.dumps({**self.extra, **extra}), *args, timeout=timeout)
+        return run_ansible(
+            "ansible-playbook",
+            playbook,
+            "-i",
+            "inventory/local",
+            "-e",
+            json.dumps({**self.extra, **extra}),
+            *args,
+            timeout=timeout,
+        )
 
     def purge(self) -> None:
         done = self.playbook("playbooks/teardown.yml", timeout=300, teardown_purge=True, teardown_purge_confirmed=True)
@@ -60,11 +68,17 @@ class Deployment:
         return f"nbfed-{self.name}-site-{site}-supernode-1"
 
     def runs(self) -> list[Path]:
-        return sorted(p for p in self.results.iterdir() if (p / "rounds.json").exists()) if self.results.exists() else []
+        return (
+            sorted(p for p in self.results.iterdir() if (p / "rounds.json").exists()) if self.results.exists() else []
+        )
 
     def containers(self) -> list[str]:
-        done = subprocess.run(["docker", "ps", "-a", "--filter", f"name=nbfed-{self.name}-", "--format", "{{.Names}}"],
-                              capture_output=True, text=True, check=True)
+        done = subprocess.run(
+            ["docker", "ps", "-a", "--filter", f"name=nbfed-{self.name}-", "--format", "{{.Names}}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         return done.stdout.split()
 
 

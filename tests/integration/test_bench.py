@@ -12,14 +12,20 @@ from conftest import ROOT
 
 def smoke(script: str, out, *args: str, timeout: float = 600) -> dict:
     """Run bench/<script> --smoke writing to `out`; its results."""
-    done = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--smoke", "--out", str(out), *args],
-                          capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), "--smoke", "--out", str(out), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     return json.loads(out.read_text())
 
 
 @pytest.mark.docker
-def test_images_benchmark_reports_every_image_and_a_build_that_built_nothing(built_images, base_image, tmp_path) -> None:
+def test_images_benchmark_reports_every_image_and_a_build_that_built_nothing(
+    built_images, base_image, tmp_path
+) -> None:
     results = smoke("images.py", tmp_path / "images.json", "--base-image", base_image)
     assert set(results["sizes_bytes"]) == {image.ref for image in built_images.values()}
     assert all(size > 50_000_000 for size in results["sizes_bytes"].values())

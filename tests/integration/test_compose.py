@@ -44,14 +44,22 @@ def dry_run(built_images, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dry-run")
     generate(tmp / "data", scale=0.02, seed=2)
     results = tmp / "results"
-    env = write_env(tmp / ".env", built_images, NBFED_DATA=str(tmp / "data"), NBFED_RESULTS_DIR=str(results),
-                    NBFED_ROUNDS="3", NBFED_RUN_NAME="test")
+    env = write_env(
+        tmp / ".env",
+        built_images,
+        NBFED_DATA=str(tmp / "data"),
+        NBFED_RESULTS_DIR=str(results),
+        NBFED_ROUNDS="3",
+        NBFED_RUN_NAME="test",
+    )
     project = "nbfed-test-dry-run"
     up = compose("-f", str(COMPOSE / "dry-run.yml"), "up", env_file=env, project=project, timeout=1200)
     try:
         yield up, results / "test", project, env
     finally:
-        compose("-f", str(COMPOSE / "dry-run.yml"), "down", "--volumes", "--timeout", "5", env_file=env, project=project)
+        compose(
+            "-f", str(COMPOSE / "dry-run.yml"), "down", "--volumes", "--timeout", "5", env_file=env, project=project
+        )
 
 
 def test_dry_run_completes_three_rounds_and_writes_the_report(dry_run):
@@ -76,7 +84,10 @@ def test_dry_run_uses_tls_and_node_authentication(dry_run):
     assert "--insecure" not in config.stdout
     for site in ("site-a", "site-b", "site-c"):
         command = " ".join(services[site]["command"])
-        assert "--root-certificates=/pki/ca.crt" in command and f"--auth-supernode-private-key=/pki/nodes/{site}" in command
+        assert (
+            "--root-certificates=/pki/ca.crt" in command
+            and f"--auth-supernode-private-key=/pki/nodes/{site}" in command
+        )
         assert services[site]["networks"].keys() == {"fleet"}  # sites reach only the proxy
 
 
@@ -91,7 +102,9 @@ def test_site_runs_as_non_root_cannot_write_its_data_and_publishes_no_port(dry_r
     assert site.exec_run(["id", "-u"]).output.decode().strip() == "10001"
     write = site.exec_run(["sh", "-c", "touch /data/intruder"])
     assert write.exit_code != 0 and b"Read-only file system" in write.output
-    assert not site.attrs["HostConfig"]["PortBindings"] and not any(site.attrs["NetworkSettings"]["Ports"].values() or [])
+    assert not site.attrs["HostConfig"]["PortBindings"] and not any(
+        site.attrs["NetworkSettings"]["Ports"].values() or []
+    )
     assert site.attrs["HostConfig"]["ReadonlyRootfs"] is True
     assert "no-new-privileges:true" in site.attrs["HostConfig"]["SecurityOpt"]
     assert site.attrs["HostConfig"]["CapDrop"] == ["ALL"]
@@ -107,10 +120,15 @@ def test_unregistered_node_is_refused(dry_run, docker_client, built_images):
         "open('/tmp/k','wb').write(k.private_bytes(s.Encoding.PEM,s.PrivateFormat.OpenSSH,s.NoEncryption()))"
     )
     intruder = docker_client.containers.run(
-        built_images["site"].ref, entrypoint=["sh", "-c"],
-        command=[f'python -c "{script}" && exec flower-supernode --superlink=aggregator:8000 '
-                 "--root-certificates=/pki/ca.crt --auth-supernode-private-key=/tmp/k --max-retries 1"],
-        volumes={f"{project}_pki": {"bind": "/pki", "mode": "ro"}}, network=f"{project}_fleet", detach=True,
+        built_images["site"].ref,
+        entrypoint=["sh", "-c"],
+        command=[
+            f'python -c "{script}" && exec flower-supernode --superlink=aggregator:8000 '
+            "--root-certificates=/pki/ca.crt --auth-supernode-private-key=/tmp/k --max-retries 1"
+        ],
+        volumes={f"{project}_pki": {"bind": "/pki", "mode": "ro"}},
+        network=f"{project}_fleet",
+        detach=True,
     )
     try:
         exit_code = intruder.wait(timeout=120)["StatusCode"]
@@ -126,8 +144,13 @@ def test_notebook_code_edit_rebuilds_no_image(built_images, base_image, tmp_path
     train.source = "# tuned by a researcher\n" + train.source.replace("optimizer", "optimizer", 1)
     edited = tmp_path / "edited.ipynb"
     nbformat.write(nb, edited)
-    done = subprocess.run([str(NBFED), "build-images", str(edited), "--base-image", base_image, "--env-file", str(tmp_path / ".env")],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    done = subprocess.run(
+        [str(NBFED), "build-images", str(edited), "--base-image", base_image, "--env-file", str(tmp_path / ".env")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "building" not in done.stdout.lower() and done.stdout.count("nothing to build") == 3
     refs = dict(line.split("=", 1) for line in (tmp_path / ".env").read_text().split())

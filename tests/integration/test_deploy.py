@@ -37,8 +37,12 @@ def assert_run_completed(run: Path) -> None:
 def started(deployment: Deployment) -> dict[str, str]:
     """Each container of the deployment's stacks: its id and when it (last) started."""
     names = deployment.containers()
-    done = subprocess.run(["docker", "inspect", "--format", "{{.Name}} {{.Id}} {{.State.StartedAt}}", *names],
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        ["docker", "inspect", "--format", "{{.Name}} {{.Id}} {{.State.StartedAt}}", *names],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return {line.split()[0].lstrip("/"): " ".join(line.split()[1:]) for line in done.stdout.splitlines()}
 
 
@@ -63,12 +67,16 @@ def test_deploy_completes_a_federation_and_shows_the_table(deployment, first_dep
         assert metric in said.rsplit("TASK [run : Show the results]", 1)[1], said[-5000:]
     # Every stack runs, each site as its own compose project, every container healthy.
     names = deployment.containers()
-    assert f"nbfed-{deployment.name}-aggregator-superlink-1" in names and f"nbfed-{deployment.name}-aggregator-proxy-1" in names
+    assert (
+        f"nbfed-{deployment.name}-aggregator-superlink-1" in names
+        and f"nbfed-{deployment.name}-aggregator-proxy-1" in names
+    )
     for site in SITES:
         assert f"nbfed-{deployment.name}-site-{site}-supernode-1" in names, names
         # every ClientApp was forked warm (nbfed/warm_supernode.py), none started cold
-        logs = subprocess.run(["docker", "logs", f"nbfed-{deployment.name}-site-{site}-supernode-1"],
-                              capture_output=True, text=True)
+        logs = subprocess.run(
+            ["docker", "logs", f"nbfed-{deployment.name}-site-{site}-supernode-1"], capture_output=True, text=True
+        )
         logs = logs.stdout + logs.stderr
         assert "ClientApp zygote ready" in logs and "cold flwr-clientapp" not in logs, logs[-3000:]
 
@@ -97,7 +105,9 @@ def test_status_shows_every_site_online(deployment, first_deploy) -> None:
     assert "finished:completed" in shown, shown
 
 
-def test_run_after_a_code_only_edit_builds_nothing_and_runs_the_new_code(deployment, first_deploy, docker_client) -> None:
+def test_run_after_a_code_only_edit_builds_nothing_and_runs_the_new_code(
+    deployment, first_deploy, docker_client
+) -> None:
     notebook = nbformat.read(ROOT / "notebook" / "template.ipynb", as_version=4)
     [train] = [c for c in notebook.cells if "train" in c.metadata.get("tags", [])]
     train.source += "\n\nEDITED_BY_TEST = True  # a code-only edit\n"
@@ -116,7 +126,9 @@ def test_run_after_a_code_only_edit_builds_nothing_and_runs_the_new_code(deploym
     # ... nor even walked: every stack was current, so each host's stage ended at the check
     assert started(deployment) == stacks  # same containers, not restarted
     for role, host in (("aggregator", "local-aggregator"), ("site", SITES[0])):
-        assert task_result(done.output, "stack_current : List the stack's healthy services and their images", host) == "ok"
+        assert (
+            task_result(done.output, "stack_current : List the stack's healthy services and their images", host) == "ok"
+        )
         assert f"TASK [{role} : Create the stack's directories]" not in done.output, done.output[-5000:]
     first, second = deployment.runs()
     assert_run_completed(second)
@@ -135,7 +147,9 @@ def test_run_brings_back_a_stack_that_is_down(deployment, first_deploy) -> None:
     assert task_result(done.output, "site : Start the SuperNode and wait until it is healthy", "site-c") == "changed"
     after = started(deployment)
     assert after[deployment.container("site-c")] != before[deployment.container("site-c")]
-    assert {k: v for k, v in after.items() if "site-c" not in k} == {k: v for k, v in before.items() if "site-c" not in k}
+    assert {k: v for k, v in after.items() if "site-c" not in k} == {
+        k: v for k, v in before.items() if "site-c" not in k
+    }
     assert_run_completed(deployment.runs()[-1])
 
 
@@ -156,9 +170,16 @@ def test_teardown_then_deploy_keeps_results_state_and_keys(deployment, first_dep
     # Same node keys, still registered in SuperLink's kept state; same PKI; results untouched.
     for site in SITES:
         assert (deployment.host_dir(site) / "site" / "keys" / "node.key.pub").read_text() == keys[site]
-        assert f"ok: [local-aggregator] => (item={site}.pub)" in done.output.split(
-            "TASK [aggregator : Give the sites' public keys to the stack]", 1)[1].split("\nTASK [", 1)[0]
-    assert task_result(done.output, "aggregator : Register the sites' public keys with SuperLink", "local-aggregator") == "ok"
+        assert (
+            f"ok: [local-aggregator] => (item={site}.pub)"
+            in done.output.split("TASK [aggregator : Give the sites' public keys to the stack]", 1)[1].split(
+                "\nTASK [", 1
+            )[0]
+        )
+    assert (
+        task_result(done.output, "aggregator : Register the sites' public keys with SuperLink", "local-aggregator")
+        == "ok"
+    )
     assert tree(deployment.control / "pki") == pki
     assert tree(deployment.results) == results
     assert len(deployment.containers()) == 2 + len(SITES)

@@ -20,9 +20,21 @@ from nbfed import images
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
-SUPERLINK_TLS = ["--ssl-certfile", "/certs/superlink.pem", "--ssl-keyfile", "/certs/superlink.key",
-                 "--ssl-ca-certfile", "/certs/ca.crt", "--host", "0.0.0.0", "--port", "8000",
-                 "--database", "/state/state.db", "--disable-runtime-dependency-installation"]
+SUPERLINK_TLS = [
+    "--ssl-certfile",
+    "/certs/superlink.pem",
+    "--ssl-keyfile",
+    "/certs/superlink.key",
+    "--ssl-ca-certfile",
+    "/certs/ca.crt",
+    "--host",
+    "0.0.0.0",
+    "--port",
+    "8000",
+    "--database",
+    "/state/state.db",
+    "--disable-runtime-dependency-installation",
+]
 
 # Runs inside a container of the site image: GET https://HOST:8000PATH (path sent as is),
 # verified against /certs/ca.crt (the name too, unless a third argument is given); prints the
@@ -52,8 +64,7 @@ def _run_healthcheck(container) -> int:
 
 
 def _run_output(docker_client, image: str, *args: str, entrypoint=None) -> str:
-    out = docker_client.containers.run(image, list(args), entrypoint=entrypoint, remove=True,
-                                       stdout=True, stderr=True)
+    out = docker_client.containers.run(image, list(args), entrypoint=entrypoint, remove=True, stdout=True, stderr=True)
     return out.decode()
 
 
@@ -81,8 +92,13 @@ def test_runs_as_uid_10001(built_images, docker_client, kind):
     assert _run_output(docker_client, image, "-u", entrypoint="id").strip() == "10001"
 
 
-@pytest.mark.parametrize(("kind", "entrypoint"), [("aggregator", ["python", "-m", "nbfed.superlink_launcher"]),
-                                                  ("site", ["python", "/opt/nbfed/warm_supernode.py"])])
+@pytest.mark.parametrize(
+    ("kind", "entrypoint"),
+    [
+        ("aggregator", ["python", "-m", "nbfed.superlink_launcher"]),
+        ("site", ["python", "/opt/nbfed/warm_supernode.py"]),
+    ],
+)
 def test_flower_version_inside(built_images, docker_client, kind, entrypoint):
     info = docker_client.api.inspect_image(built_images[kind].ref)
     assert info["Config"]["Entrypoint"] == entrypoint
@@ -97,13 +113,17 @@ def test_flower_telemetry_is_off(built_images, docker_client, kind):
 @pytest.mark.parametrize("kind", ["aggregator", "site"])
 def test_stripped_libraries_load_and_work_inside(built_images, docker_client, kind):
     # every compiled dependency the strip stage touched: torch trains a step, the others load
-    out = _run_output(docker_client, built_images[kind].ref, "-c",
-                      "import torch, numpy, grpc, uvloop, sqlalchemy.util._collections_cy, PIL._imaging, yaml; "
-                      "import cryptography.hazmat.bindings._rust; "
-                      "m = torch.nn.Conv2d(3, 4, 3); m(torch.ones(2, 3, 8, 8)).sum().backward(); "
-                      "print(torch.__version__, torch.cuda.is_available(), tuple(m.weight.grad.shape), "
-                      "numpy.linalg.inv(2 * numpy.eye(2)).trace())",
-                      entrypoint="python")
+    out = _run_output(
+        docker_client,
+        built_images[kind].ref,
+        "-c",
+        "import torch, numpy, grpc, uvloop, sqlalchemy.util._collections_cy, PIL._imaging, yaml; "
+        "import cryptography.hazmat.bindings._rust; "
+        "m = torch.nn.Conv2d(3, 4, 3); m(torch.ones(2, 3, 8, 8)).sum().backward(); "
+        "print(torch.__version__, torch.cuda.is_available(), tuple(m.weight.grad.shape), "
+        "numpy.linalg.inv(2 * numpy.eye(2)).trace())",
+        entrypoint="python",
+    )
     assert out.split() == ["2.13.0+cpu", "False", "(4,", "3,", "3,", "3)", "1.0"]
 
 
@@ -140,10 +160,14 @@ def test_healthcheck_defined(built_images, docker_client):
 
 @pytest.mark.parametrize("kind", ["aggregator", "site"])
 def test_no_wheelhouse_in_the_final_image(built_images, docker_client, kind):
-    out = _run_output(docker_client, built_images[kind].ref, "-c",
-                      "ls -d /wheels /lock 2>/dev/null; "
-                      "find / -xdev \\( -name 'torch-*.whl' -o -name 'flwr-*.whl' \\) 2>/dev/null; echo done",
-                      entrypoint="sh")
+    out = _run_output(
+        docker_client,
+        built_images[kind].ref,
+        "-c",
+        "ls -d /wheels /lock 2>/dev/null; "
+        "find / -xdev \\( -name 'torch-*.whl' -o -name 'flwr-*.whl' \\) 2>/dev/null; echo done",
+        entrypoint="sh",
+    )
     assert out.strip() == "done", out
 
 
@@ -161,29 +185,41 @@ def test_lock_pins_every_wheel_with_its_hash(built_images):
 
 def test_second_build_rebuilds_nothing(built_images, base_image):
     started = time.monotonic()
-    again = images.build_images(template_requirements(), flavours=("cpu",), base_image=base_image,
-                                build_dir=BUILD_DIR, labels={"notebook": "test.ipynb"}, console=_quiet())
+    again = images.build_images(
+        template_requirements(),
+        flavours=("cpu",),
+        base_image=base_image,
+        build_dir=BUILD_DIR,
+        labels={"notebook": "test.ipynb"},
+        console=_quiet(),
+    )
     assert time.monotonic() - started < 60
     assert {i.kind: (i.ref, i.id) for i in again} == {k: (i.ref, i.id) for k, i in built_images.items()}
     assert not any(i.built for i in again)
 
 
 def test_changed_requirements_change_the_tag(built_images, base_image, docker_api):
-    digests = {"base_digest": images.base_image_digest(docker_api, base_image),
-               "tools_digest": images.base_image_digest(docker_api, images.default_tools_image(base_image))}
-    specs = images.plan_images(_wheelhouses(template_requirements() + ["six==1.17.0"]), base_image=base_image,
-                               **digests)
+    digests = {
+        "base_digest": images.base_image_digest(docker_api, base_image),
+        "tools_digest": images.base_image_digest(docker_api, images.default_tools_image(base_image)),
+    }
+    specs = images.plan_images(
+        _wheelhouses(template_requirements() + ["six==1.17.0"]), base_image=base_image, **digests
+    )
     tags = {s.kind: s.tag for s in specs}
     assert tags["aggregator"] != built_images["aggregator"].tag
     assert tags["site"] != built_images["site"].tag and tags["site"].endswith("-cpu")
     assert tags["proxy"] == built_images["proxy"].tag  # the proxy has no Python dependencies
-    same = images.plan_images(_wheelhouses(list(reversed(template_requirements())) + ["flwr>=1.0"]),
-                              base_image=base_image, **digests)
+    same = images.plan_images(
+        _wheelhouses(list(reversed(template_requirements())) + ["flwr>=1.0"]), base_image=base_image, **digests
+    )
     assert {s.kind: s.tag for s in same} == {k: i.tag for k, i in built_images.items()}
     # A notebook that imports sympy itself keeps it in the aggregator (its own tag); the sites
     # install the same wheels as before (torch brings sympy), so their image is the same one.
-    named = {s.kind: s for s in images.plan_images(_wheelhouses(template_requirements() + ["sympy"]),
-                                                   base_image=base_image, **digests)}
+    named = {
+        s.kind: s
+        for s in images.plan_images(_wheelhouses(template_requirements() + ["sympy"]), base_image=base_image, **digests)
+    }
     assert named["aggregator"].buildargs["NBFED_KEEP"] == "sympy"
     assert named["aggregator"].tag != built_images["aggregator"].tag
     assert named["site"].tag == built_images["site"].tag and "NBFED_KEEP" not in named["site"].buildargs
@@ -214,8 +250,9 @@ def test_missing_base_image_says_what_to_do(docker_api):
 def test_superlink_healthcheck_follows_tls(built_images, container_factory, pki):
     certs = {str(pki): {"bind": "/certs", "mode": "ro"}}
     tls = container_factory(built_images["aggregator"].ref, SUPERLINK_TLS, volumes=certs)
-    plain = container_factory(built_images["aggregator"].ref, ["--insecure", "--host", "0.0.0.0"],
-                              environment={"NBFED_INSECURE": "1"})
+    plain = container_factory(
+        built_images["aggregator"].ref, ["--insecure", "--host", "0.0.0.0"], environment={"NBFED_INSECURE": "1"}
+    )
     wait_for(lambda: _run_healthcheck(tls) == 0, 60, what="the TLS SuperLink's health check")
     wait_for(lambda: _run_healthcheck(plain) == 0, 60, what="the insecure SuperLink's health check")
     # the TLS check is really TLS: plain http to the TLS port fails, and vice versa
@@ -232,10 +269,19 @@ def _superlink_behind_proxy(built_images, container_factory, docker_client, pki)
     """SuperLink (TLS, healthy) and the proxy on a fresh network: (network, cert mounts, superlink, proxy)."""
     net = container_factory.network()
     certs = {str(pki): {"bind": "/certs", "mode": "ro"}}
-    superlink = container_factory(built_images["aggregator"].ref, SUPERLINK_TLS, volumes=certs,
-                                  network=net.name, networking_config={net.name: _endpoint(docker_client, "superlink")})
-    proxy = container_factory(built_images["proxy"].ref, volumes=certs, network=net.name,
-                              networking_config={net.name: _endpoint(docker_client, "proxy")})
+    superlink = container_factory(
+        built_images["aggregator"].ref,
+        SUPERLINK_TLS,
+        volumes=certs,
+        network=net.name,
+        networking_config={net.name: _endpoint(docker_client, "superlink")},
+    )
+    proxy = container_factory(
+        built_images["proxy"].ref,
+        volumes=certs,
+        network=net.name,
+        networking_config={net.name: _endpoint(docker_client, "proxy")},
+    )
     wait_for(lambda: _run_healthcheck(superlink) == 0, 60, what="SuperLink's health check")
     return net, certs, superlink, proxy
 
@@ -243,8 +289,9 @@ def _superlink_behind_proxy(built_images, container_factory, docker_client, pki)
 def test_proxy_forwards_only_fleet_and_health(built_images, container_factory, docker_client, pki, tmp_path):
     net, certs, _, proxy = _superlink_behind_proxy(built_images, container_factory, docker_client, pki)
     wait_for(lambda: _run_healthcheck(proxy) == 0, 30, what="the proxy's health check")
-    client = container_factory(built_images["site"].ref, ["infinity"], entrypoint="sleep", volumes=certs,
-                               network=net.name)
+    client = container_factory(
+        built_images["site"].ref, ["infinity"], entrypoint="sleep", volumes=certs, network=net.name
+    )
 
     def status(path: str, host: str = "proxy") -> int:
         result = client.exec_run(["python", "-c", HTTPS_STATUS, host, path])
@@ -271,8 +318,12 @@ def test_proxy_forwards_only_fleet_and_health(built_images, container_factory, d
     shutil.copy(other / "ca.crt", mixed / "ca.crt")
     for path in [mixed, *mixed.iterdir()]:
         path.chmod(0o755 if path.is_dir() else 0o644)
-    container_factory(built_images["proxy"].ref, volumes={str(mixed): {"bind": "/certs", "mode": "ro"}},
-                      network=net.name, networking_config={net.name: _endpoint(docker_client, "badproxy")})
+    container_factory(
+        built_images["proxy"].ref,
+        volumes={str(mixed): {"bind": "/certs", "mode": "ro"}},
+        network=net.name,
+        networking_config={net.name: _endpoint(docker_client, "badproxy")},
+    )
     bad = ["python", "-c", HTTPS_STATUS, "badproxy", "/health", "no-name-check"]  # its cert names "proxy"
     wait_for(lambda: client.exec_run(bad).exit_code == 0, 30, what="the second proxy")
     assert client.exec_run(bad).output.decode().split()[-1] == "502"
@@ -280,10 +331,14 @@ def test_proxy_forwards_only_fleet_and_health(built_images, container_factory, d
 
 def test_supernode_connects_through_the_proxy(built_images, container_factory, docker_client, pki):
     net, certs, _, proxy = _superlink_behind_proxy(built_images, container_factory, docker_client, pki)
-    supernode = container_factory(built_images["site"].ref,
-                                  ["--superlink", "proxy:8000", "--root-certificates", "/certs/ca.crt"],
-                                  volumes=certs, network=net.name, read_only=True,
-                                  tmpfs={"/tmp": "", "/home/nbfed": "uid=10001,gid=10001"})
+    supernode = container_factory(
+        built_images["site"].ref,
+        ["--superlink", "proxy:8000", "--root-certificates", "/certs/ca.crt"],
+        volumes=certs,
+        network=net.name,
+        read_only=True,
+        tmpfs={"/tmp": "", "/home/nbfed": "uid=10001,gid=10001"},
+    )
     wait_for(lambda: _run_healthcheck(supernode) == 0, 60, what="SuperNode's health check")
 
     def fleet_ok() -> bool:
@@ -303,8 +358,13 @@ def test_bootstrapped_base_is_reused(base_image):
     if not rootfs.is_file():
         pytest.skip(f"{base_image} was on the engine before this build tree existed: no rootfs cache to reuse")
     assert rootfs.stat().st_size > 50_000_000
-    again = subprocess.run([str(ROOT / "images" / "base" / "build.sh"), base_image], capture_output=True, text=True,
-                           timeout=120, env=dict(os.environ, NBFED_BUILD_DIR=str(BUILD_DIR)))
+    again = subprocess.run(
+        [str(ROOT / "images" / "base" / "build.sh"), base_image],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, NBFED_BUILD_DIR=str(BUILD_DIR)),
+    )
     assert again.returncode == 0 and "nothing to do" in again.stdout, again.stdout + again.stderr
 
 

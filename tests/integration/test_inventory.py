@@ -64,19 +64,28 @@ def test_local_inventory_without_data_says_how_to_make_it(docker_engine, tmp_pat
 
 @pytest.mark.docker
 def test_a_port_the_aggregator_would_publish_that_is_taken_is_named_before_anything_changes(
-        docker_engine, site_data, tmp_path) -> None:
+    docker_engine, site_data, tmp_path
+) -> None:
     """Another program (here: this test) listens on the fleet port: preflight names the host, the
     port, the process and the inventory variable to change, and changes nothing."""
     with socket.socket() as holder:
         holder.bind(("0.0.0.0", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        done = preflight("-i", "inventory/local", "-i", str(data_override(tmp_path, site_data)),
-                         "-e", json.dumps({"aggregator_port": port}))
+        done = preflight(
+            "-i",
+            "inventory/local",
+            "-i",
+            str(data_override(tmp_path, site_data)),
+            "-e",
+            json.dumps({"aggregator_port": port}),
+        )
     assert done.returncode != 0, done.output
     said = " ".join(done.output.split())
-    assert (f"Host local-aggregator: port {port} (aggregator_port), which the aggregator stack publishes, is "
-            f"already held by process ") in said, done.output
+    assert (
+        f"Host local-aggregator: port {port} (aggregator_port), which the aggregator stack publishes, is "
+        f"already held by process "
+    ) in said, done.output
     assert f"(pid {os.getpid()})" in said, done.output
     assert "Set aggregator_port in the inventory to a free port on local-aggregator" in said, done.output
     assert_nothing_changed(done)
@@ -91,7 +100,9 @@ def test_a_site_data_directory_that_is_missing_or_empty_is_refused(docker_engine
     shutil.rmtree(data / "site-b")
     if fault == "empty":
         (data / "site-b").mkdir()
-    done = run_ansible("ansible-playbook", "deploy.yml", "-i", "inventory/local", "-i", str(data_override(tmp_path, data)))
+    done = run_ansible(
+        "ansible-playbook", "deploy.yml", "-i", "inventory/local", "-i", str(data_override(tmp_path, data))
+    )
     assert done.returncode != 0, done.output
     said = " ".join(done.output.split())
     wrong = "does not exist" if fault == "missing" else "is empty"

@@ -159,13 +159,15 @@ def test_a_full_results_volume_fails_the_run_keeps_the_last_checkpoint_and_the_r
     results = deployment.aggregator_results(run)
     results.mkdir(parents=True)
     # Room for the app, the records and one checkpoint, not for the next one beside it.
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,uid=10001,gid=10001,mode=0755", "tmpfs", str(results)], check=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k,uid=10001,gid=10001,mode=0755", "tmpfs", str(results)], check=True
+    )
     try:
         docker("restart", f"nbfed-{deployment.name}-aggregator-superlink-1")  # SuperLink sees the new mount
         done = deployment.playbook("deploy.yml", "--tags", "run", timeout=1500, run_name=run, nbfed_rounds=2, **POLICY)
         assert done.returncode != 0
         said = " ".join(done.output.split())
-        assert "the aggregator's results volume is full" in said, said[said.find("failed (exit"):][:3000]
+        assert "the aggregator's results volume is full" in said, said[said.find("failed (exit") :][:3000]
         assert f"-e run_resume={run}" in said
         assert [p.name for p in (results / "checkpoints").iterdir()] == ["round-1.pt"]  # intact, nothing half-written
         assert torch.load(results / "checkpoints" / "round-1.pt", weights_only=True)
@@ -184,9 +186,28 @@ def test_a_full_results_volume_fails_the_run_keeps_the_last_checkpoint_and_the_r
 
 def test_a_site_that_cannot_verify_the_aggregator_stops_the_deploy_at_once(deployment, tmp_path) -> None:
     other = tmp_path / "other-ca.crt"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-384", "-nodes",
-                    "-keyout", str(tmp_path / "other-ca.key"), "-out", str(other), "-subj", "/CN=another CA",
-                    "-days", "1"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-384",
+            "-nodes",
+            "-keyout",
+            str(tmp_path / "other-ca.key"),
+            "-out",
+            str(other),
+            "-subj",
+            "/CN=another CA",
+            "-days",
+            "1",
+        ],
+        check=True,
+        capture_output=True,
+    )
     before = docker("inspect", "--format", "{{.State.StartedAt}}", deployment.container("site-b"))
     started = time.monotonic()
     done = deployment.playbook("deploy.yml", "--tags", "sites", "--limit", "site-b", site_ca_cert=str(other))

@@ -22,9 +22,23 @@ def federation(tmp_path_factory):
     generate(tmp / "data", scale=0.02, seed=1)
     results = tmp / "results"
     done = subprocess.run(
-        [str(NBFED), "run-local", str(ROOT / "notebook" / "template.ipynb"), "--data", str(tmp / "data"),
-         "--results", str(results), "--set", "num_rounds=2", "--baselines", "--timeout", "600"],
-        capture_output=True, text=True, timeout=900,
+        [
+            str(NBFED),
+            "run-local",
+            str(ROOT / "notebook" / "template.ipynb"),
+            "--data",
+            str(tmp / "data"),
+            "--results",
+            str(results),
+            "--set",
+            "num_rounds=2",
+            "--baselines",
+            "--timeout",
+            "600",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     return results, done.stdout
@@ -53,15 +67,25 @@ def test_pooled_metrics_are_plausible_and_beat_chance(federation):
     for name in ("sensitivity", "specificity", "ppv", "npv", "f1", "accuracy"):
         assert 0.0 <= final[name] <= 1.0, name
     total = final["tp"] + final["fp"] + final["tn"] + final["fn"]
-    assert total == sum(site["num-examples"] for site in json.loads((results / "rounds.json").read_text())[-1]["evaluate"].values())
+    assert total == sum(
+        site["num-examples"] for site in json.loads((results / "rounds.json").read_text())[-1]["evaluate"].values()
+    )
     # balanced accuracy: chance is 0.5 whatever the class imbalance
     assert (final["sensitivity"] + final["specificity"]) / 2 > 0.55
 
 
 def test_results_directory_holds_everything(federation):
     results, _ = federation
-    for path in ("rounds.csv", "report.md", "metrics.png", "model/global_model.pt", "checkpoints/round-2.pt",
-                 "app/pyproject.toml", "overrides.toml", "logs/superlink.log"):
+    for path in (
+        "rounds.csv",
+        "report.md",
+        "metrics.png",
+        "model/global_model.pt",
+        "checkpoints/round-2.pt",
+        "app/pyproject.toml",
+        "overrides.toml",
+        "logs/superlink.log",
+    ):
         assert (results / path).is_file(), path
     assert len((results / "rounds.csv").read_text().strip().splitlines()) == 3  # header + 2 rounds
 
@@ -100,8 +124,22 @@ def test_a_failing_notebook_fails_fast_with_the_sites_reason_and_leaves_no_proce
     )
     nb = write_notebook(tmp_path / "failing.ipynb", minimal_cells(data=failing))
     generate(tmp_path / "data", scale=0.01, seed=3)
-    done = subprocess.run([str(NBFED), "run-local", str(nb), "--data", str(tmp_path / "data"), "--results",
-                           str(tmp_path / "results"), "--timeout", "300"], capture_output=True, text=True, timeout=400)
+    done = subprocess.run(
+        [
+            str(NBFED),
+            "run-local",
+            str(nb),
+            "--data",
+            str(tmp_path / "data"),
+            "--results",
+            str(tmp_path / "results"),
+            "--timeout",
+            "300",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert done.returncode == 1
     assert "round 1: no site returned a model" in done.stderr
     assert f"no slides under {tmp_path / 'data' / 'site-b'}/train" in done.stderr
@@ -119,8 +157,12 @@ def test_interrupt_stops_every_process(tmp_path, sig):
 
     nb = write_notebook(tmp_path / "nb.ipynb", minimal_cells())
     generate(tmp_path / "data", scale=0.01, seed=4)
-    proc = subprocess.Popen([str(NBFED), "run-local", str(nb), "--data", str(tmp_path / "data"), "--results",
-                             str(tmp_path / "results")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [str(NBFED), "run-local", str(nb), "--data", str(tmp_path / "data"), "--results", str(tmp_path / "results")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while not (tmp_path / "results" / "events.jsonl").exists() and time.monotonic() < deadline:
         time.sleep(0.5)  # the run is under way once its ServerApp writes events

@@ -49,11 +49,17 @@ def test_non_literal_config(tmp_path):
     assert first.startswith("cell 3 [config]: line 1: the 'config' cell holds more than the CONFIG assignment")
     assert second.startswith("cell 3 [config]: CONFIG is not a literal: 'EPOCHS' at line 2 is computed")
     [msg] = problems(tmp_path, minimal_cells(config="CONFIG = {'num_rounds': 2, 'lr': 10 ** -3 * EPOCHS}\n"))
-    assert msg.startswith("cell 3 [config]: CONFIG is not a literal: '10 ** (-3) * EPOCHS' at line 1") and "literal values only" in msg
+    assert (
+        msg.startswith("cell 3 [config]: CONFIG is not a literal: '10 ** (-3) * EPOCHS' at line 1")
+        and "literal values only" in msg
+    )
 
 
 def test_config_values_must_fit_flower_run_config(tmp_path):
-    msgs = problems(tmp_path, minimal_cells(config="CONFIG = {'num_rounds': 0, 'sizes': [1, 2], 'opt': {'beta': None}, 'nbfed': 1}\n"))
+    msgs = problems(
+        tmp_path,
+        minimal_cells(config="CONFIG = {'num_rounds': 0, 'sizes': [1, 2], 'opt': {'beta': None}, 'nbfed': 1}\n"),
+    )
     text = "\n".join(msgs)
     assert "CONFIG['num_rounds'] must be a positive int (found 0)" in text
     assert "CONFIG['sizes'] is a list" in text and "comma-separated string" in text
@@ -68,7 +74,9 @@ def test_syntax_error_gives_the_line_inside_the_cell(tmp_path):
 
 
 def test_magics_and_shell_lines_are_rejected(tmp_path):
-    msgs = problems(tmp_path, minimal_cells(helpers="%matplotlib inline\nimport torch\n!nvidia-smi\nfrom torch import nn\n"))
+    msgs = problems(
+        tmp_path, minimal_cells(helpers="%matplotlib inline\nimport torch\n!nvidia-smi\nfrom torch import nn\n")
+    )
     assert msgs[0].startswith("cell 4 [helpers]: line 1 is an IPython magic ('%matplotlib inline')")
     assert msgs[1].startswith("cell 4 [helpers]: line 3 is a shell line ('!nvidia-smi')")
 
@@ -97,8 +105,14 @@ def test_unrelated_tags_are_ignored(tmp_path):
 
 
 def test_all_violations_reported_together_in_cell_order(tmp_path):
-    msgs = problems(tmp_path, minimal_cells(config="CONFIG = {}\n", model="def build_model():\n    pass\n",
-                                             evaluate="def evaluate(model, dataset, config, device)\n"))
+    msgs = problems(
+        tmp_path,
+        minimal_cells(
+            config="CONFIG = {}\n",
+            model="def build_model():\n    pass\n",
+            evaluate="def evaluate(model, dataset, config, device)\n",
+        ),
+    )
     assert [m.split(":")[0] for m in msgs] == ["cell 3 [config]", "cell 6 [model]", "cell 8 [evaluate]"]
 
 

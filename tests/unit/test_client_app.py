@@ -70,9 +70,15 @@ def _receive(model_path, monkeypatch, build, *, sent=None):
     return model, len(calls)
 
 
-@pytest.mark.parametrize("build", [lambda c: torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)),
-                                   sized_from_a_forward_pass, frozen_first_layer],
-                         ids=["plain", "sized-by-a-forward-pass", "frozen-layer-and-batchnorm"])
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda c: torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)),
+        sized_from_a_forward_pass,
+        frozen_first_layer,
+    ],
+    ids=["plain", "sized-by-a-forward-pass", "frozen-layer-and-batchnorm"],
+)
 def test_a_model_the_weights_describe_is_built_once_on_the_meta_device(model_path, monkeypatch, build):
     model, builds = _receive(model_path, monkeypatch, build)
     assert builds == 1
@@ -85,9 +91,11 @@ def test_a_model_the_weights_describe_is_built_once_on_the_meta_device(model_pat
     assert requires == [p.requires_grad for p in build({}).parameters()]
 
 
-@pytest.mark.parametrize("build", [Tied, WithTensorAttribute, WithNonPersistentBuffer,
-                                   lambda c: torch.nn.Linear(int(torch.tensor(4.0).item()), 2)],
-                         ids=["tied-weights", "tensor-attribute", "non-persistent-buffer", "item-in-build"])
+@pytest.mark.parametrize(
+    "build",
+    [Tied, WithTensorAttribute, WithNonPersistentBuffer, lambda c: torch.nn.Linear(int(torch.tensor(4.0).item()), 2)],
+    ids=["tied-weights", "tensor-attribute", "non-persistent-buffer", "item-in-build"],
+)
 def test_a_model_the_meta_device_cannot_hold_is_built_as_usual(model_path, monkeypatch, build):
     model, builds = _receive(model_path, monkeypatch, lambda c: build() if isinstance(build, type) else build(c))
     assert builds == 2

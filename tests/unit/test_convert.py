@@ -22,11 +22,26 @@ def test_layout_and_pyproject(notebook, tmp_path):
     app = convert(notebook, tmp_path / "app")
     assert (app.name, app.package) == ("my-study", "my_study_app")
     files = sorted(p.name for p in (tmp_path / "app" / "my_study_app").iterdir())
-    assert files == ["__init__.py", "client_app.py", "fedavg.py", "global_model.py", "metrics.py", "participation.py", "recorder.py",
-                     "recording.py", "server_app.py", "settings.py", "task.py", "wrappers.py"]
+    assert files == [
+        "__init__.py",
+        "client_app.py",
+        "fedavg.py",
+        "global_model.py",
+        "metrics.py",
+        "participation.py",
+        "recorder.py",
+        "recording.py",
+        "server_app.py",
+        "settings.py",
+        "task.py",
+        "wrappers.py",
+    ]
     project = tomllib.loads((tmp_path / "app" / "pyproject.toml").read_text())
     flwr_app = project["tool"]["flwr"]["app"]
-    assert flwr_app["components"] == {"serverapp": "my_study_app.server_app:app", "clientapp": "my_study_app.client_app:app"}
+    assert flwr_app["components"] == {
+        "serverapp": "my_study_app.server_app:app",
+        "clientapp": "my_study_app.client_app:app",
+    }
     assert flwr_app["config"]["num_rounds"] == 2 and flwr_app["config"]["lr"] == 0.01
     assert flwr_app["config"]["nbfed"]["min-sites"] == 2
     assert project["project"]["dependencies"] == ["flwr==1.41.0", "torch>=2.4"]
@@ -37,7 +52,14 @@ def test_task_module_keeps_cell_order_and_names_the_notebook(notebook, tmp_path)
     task = (tmp_path / "app" / "my_study_app" / "task.py").read_text()
     assert f"from My Study.ipynb (sha256 {app.notebook.sha256})" in task
     markers = [line for line in task.splitlines() if line.startswith("# --- cell")]
-    assert [m.split("[")[1].split("]")[0] for m in markers] == ["config", "helpers", "data", "model", "train", "evaluate"]
+    assert [m.split("[")[1].split("]")[0] for m in markers] == [
+        "config",
+        "helpers",
+        "data",
+        "model",
+        "train",
+        "evaluate",
+    ]
     assert "%pip" not in task
     compile(task, "task.py", "exec")
 
@@ -60,7 +82,9 @@ def test_broken_notebook_is_not_converted(tmp_path):
 def test_flwr_build_accepts_the_app(notebook, tmp_path):
     convert(notebook, tmp_path / "app")
     flwr = Path(sys.executable).parent / "flwr"
-    done = subprocess.run([str(flwr), "build", "--app", str(tmp_path / "app")], cwd=tmp_path, capture_output=True, text=True)
+    done = subprocess.run(
+        [str(flwr), "build", "--app", str(tmp_path / "app")], cwd=tmp_path, capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     fabs = list(tmp_path.rglob("*.fab"))
     assert len(fabs) == 1 and fabs[0].name.startswith("nbfed.my-study.1-0-0")

@@ -27,8 +27,12 @@ def reply(seed: int, examples: int, shapes=((3, 4), (4,))) -> Message:
     rng = np.random.default_rng(seed)
     arrays = {f"layer{i}.weight": rng.normal(size=s).astype(np.float32) for i, s in enumerate(shapes)}
     arrays["bn.num_batches_tracked"] = np.array(10 * seed, dtype=np.int64)
-    content = RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in arrays.items()}),
-                          "metrics": MetricRecord({"loss": float(seed), "num-examples": examples})})
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord({k: Array(v) for k, v in arrays.items()}),
+            "metrics": MetricRecord({"loss": float(seed), "num-examples": examples}),
+        }
+    )
     return Message(content, dst_node_id=seed, message_type=MessageType.TRAIN)
 
 
@@ -90,10 +94,15 @@ def test_float16_transfers_send_half_the_bytes_and_average_in_float32() -> None:
     assert outgoing["layer0.weight"].numpy().nbytes * 2 == sent["layer0.weight"].numpy().nbytes
 
     def halved(msg: Message) -> Message:
-        arrays = {k: Array(v.numpy().astype(np.float16) if v.numpy().dtype == np.float32 else v.numpy())
-                  for k, v in msg.content["arrays"].items()}
-        return Message(RecordDict({"arrays": ArrayRecord(arrays), "metrics": msg.content["metrics"]}),
-                       dst_node_id=1, message_type=MessageType.TRAIN)
+        arrays = {
+            k: Array(v.numpy().astype(np.float16) if v.numpy().dtype == np.float32 else v.numpy())
+            for k, v in msg.content["arrays"].items()
+        }
+        return Message(
+            RecordDict({"arrays": ArrayRecord(arrays), "metrics": msg.content["metrics"]}),
+            dst_node_id=1,
+            message_type=MessageType.TRAIN,
+        )
 
     replies = [reply(1, 10), reply(2, 30)]
     full, _ = StreamingFedAvg().aggregate_train(1, iter(replies))

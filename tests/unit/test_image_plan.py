@@ -17,17 +17,27 @@ def _wheelhouse(root: Path, name: str, *wheels: str) -> Path:
     """A locked wheelhouse as prepare_wheelhouse leaves it (the lock is all a plan reads)."""
     path = root / name
     path.mkdir(parents=True)
-    locked = [{"name": w, "version": "1.0", "filename": f"{w}-1.0-py3-none-any.whl", "sha256": w * 8, "layer": "3-app"}
-              for w in wheels]
+    locked = [
+        {"name": w, "version": "1.0", "filename": f"{w}-1.0-py3-none-any.whl", "sha256": w * 8, "layer": "3-app"}
+        for w in wheels
+    ]
     (path / "lock.json").write_text(json.dumps({"wheels": locked}))
     return path
 
 
-def _wheelhouses(root: Path, requirements: tuple[str, ...] = ("numpy",),
-                 flavours: tuple[str, ...] = ("cpu", "cuda")) -> images.Wheelhouses:
-    sites = {"cpu": _wheelhouse(root, "cpu", "torch", "flwr"), "cuda": _wheelhouse(root, "cuda", "torch", "flwr", "nvidia-x")}
-    return images.Wheelhouses(requirements, flavours, _wheelhouse(root, "aggregator", "torch", "flwr", "nbfed"),
-                              {f: sites[f] for f in flavours})
+def _wheelhouses(
+    root: Path, requirements: tuple[str, ...] = ("numpy",), flavours: tuple[str, ...] = ("cpu", "cuda")
+) -> images.Wheelhouses:
+    sites = {
+        "cpu": _wheelhouse(root, "cpu", "torch", "flwr"),
+        "cuda": _wheelhouse(root, "cuda", "torch", "flwr", "nvidia-x"),
+    }
+    return images.Wheelhouses(
+        requirements,
+        flavours,
+        _wheelhouse(root, "aggregator", "torch", "flwr", "nbfed"),
+        {f: sites[f] for f in flavours},
+    )
 
 
 def _tree(root: Path) -> dict[str, float]:
@@ -45,8 +55,17 @@ def test_plan_reads_the_wheelhouses_and_writes_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(subprocess, "Popen", no_subprocess)
     specs = images.plan_images(wheelhouses, base_image="nbfed/base:bookworm", **DIGESTS)
     assert _tree(tmp_path) == before
-    assert [(s.kind, s.flavour) for s in specs] == [("proxy", None), ("aggregator", "cpu"), ("site", "cpu"), ("site", "cuda")]
-    assert [s.wheelhouse for s in specs[1:]] == [wheelhouses.aggregator, wheelhouses.sites["cpu"], wheelhouses.sites["cuda"]]
+    assert [(s.kind, s.flavour) for s in specs] == [
+        ("proxy", None),
+        ("aggregator", "cpu"),
+        ("site", "cpu"),
+        ("site", "cuda"),
+    ]
+    assert [s.wheelhouse for s in specs[1:]] == [
+        wheelhouses.aggregator,
+        wheelhouses.sites["cpu"],
+        wheelhouses.sites["cuda"],
+    ]
     assert specs[2].tag.endswith("-cpu") and specs[3].tag.endswith("-cuda")
     assert specs[1].buildargs["TOOLS_IMAGE"] == "nbfed/base:bookworm-tools"
     assert all(s.buildargs["CONTENT_TAG"] == s.tag for s in specs)
@@ -63,7 +82,9 @@ def test_plan_tags_follow_the_locks_only(tmp_path):
 
 
 def test_the_aggregator_keeps_what_the_notebook_names(tmp_path):
-    sympy = {s.kind: s for s in images.plan_images(_wheelhouses(tmp_path / "a", ("sympy", "numpy"), ("cpu",)), **DIGESTS)}
+    sympy = {
+        s.kind: s for s in images.plan_images(_wheelhouses(tmp_path / "a", ("sympy", "numpy"), ("cpu",)), **DIGESTS)
+    }
     plain = {s.kind: s for s in images.plan_images(_wheelhouses(tmp_path / "b", ("numpy",), ("cpu",)), **DIGESTS)}
     assert sympy["aggregator"].buildargs["NBFED_KEEP"] == "sympy" and "NBFED_KEEP" not in sympy["site"].buildargs
     assert sympy["aggregator"].tag != plain["aggregator"].tag and sympy["site"].tag == plain["site"].tag

@@ -13,13 +13,19 @@ import pytest
 from nbfed import images
 
 
-@pytest.mark.parametrize(("keep", "kept"), [("sympy", {"sympy", "mpmath"}), ("networkx", {"networkx"}),
-                                            ("mpmath", {"mpmath"})])
+@pytest.mark.parametrize(
+    ("keep", "kept"), [("sympy", {"sympy", "mpmath"}), ("networkx", {"networkx"}), ("mpmath", {"mpmath"})]
+)
 def test_the_aggregator_keeps_the_torch_dependencies_a_notebook_names(keep, kept):
     # images/aggregator/unneeded.py against this venv's real package metadata (torch requires all three)
     def unneeded(names: str) -> set[str]:
-        done = subprocess.run([sys.executable, str(images.images_dir() / "aggregator" / "unneeded.py")],
-                              capture_output=True, text=True, check=True, env={**os.environ, "NBFED_KEEP": names})
+        done = subprocess.run(
+            [sys.executable, str(images.images_dir() / "aggregator" / "unneeded.py")],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "NBFED_KEEP": names},
+        )
         return set(done.stdout.split())
 
     dropped = unneeded("")
@@ -44,8 +50,14 @@ def test_content_tag_changes_with_each_input():
     base = {"base_image_digest": "sha256:1", "context_files": {"Dockerfile": b"FROM x"}, "lock": "a", "flavour": "cpu"}
     tag = images.content_tag(**base)
     assert len(tag) == 12 and tag == images.content_tag(**base)
-    for change in ({"base_image_digest": "sha256:2"}, {"tools_image_digest": "sha256:3"}, {"context_files": {"Dockerfile": b"FROM y"}},
-                   {"lock": "b"}, {"flavour": "cuda"}, {"flwr_version": "1.42.0"}):
+    for change in (
+        {"base_image_digest": "sha256:2"},
+        {"tools_image_digest": "sha256:3"},
+        {"context_files": {"Dockerfile": b"FROM y"}},
+        {"lock": "b"},
+        {"flavour": "cuda"},
+        {"flwr_version": "1.42.0"},
+    ):
         assert images.content_tag(**{**base, **change}) != tag, change
 
 

@@ -51,5 +51,6 @@ def test_clarify_inventory_with_a_wrong_setting_fails_before_connecting() -> Non
     done = preflight("-i", "inventory/clarify", "-e", "nbfed_min_sites=4")
     assert done.returncode != 0, done.output
     assert "nbfed_min_sites is 4 but the inventory has 3 site(s) (valencia, amsterdam, oslo)" in " ".join(
-        done.output.split()), done.output
+        done.output.split()
+    ), done.output
     assert_nothing_changed(done)  # unreachable=0: no connection was tried

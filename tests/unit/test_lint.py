@@ -44,4 +44,6 @@ def test_ruff_check_is_clean() -> None:
 
 def test_ruff_format_is_clean() -> None:
     done = run([venv_tool("ruff"), "format", "--check", "--no-cache", "."])
-    assert done.returncode == 0, f"ruff format --check . would reformat (run `ruff format .`):\n{done.stdout}{done.stderr}"
+    assert done.returncode == 0, (
+        f"ruff format --check . would reformat (run `ruff format .`):\n{done.stdout}{done.stderr}"
+    )

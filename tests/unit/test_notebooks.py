@@ -45,7 +45,7 @@ def requirement_specs(source: str) -> list[str]:
         if not line or line.startswith("#"):
             continue
         assert line.startswith(PIP_PREFIX), f"requirements line {line!r} is neither a comment nor '{PIP_PREFIX} ...'"
-        specs += shlex.split(line[len(PIP_PREFIX):], comments=True)
+        specs += shlex.split(line[len(PIP_PREFIX) :], comments=True)
     return specs
 
 

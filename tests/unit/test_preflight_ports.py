@@ -6,7 +6,9 @@ import importlib.util
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-spec = importlib.util.spec_from_file_location("preflight_ports", ROOT / "roles/preflight/filter_plugins/preflight_ports.py")
+spec = importlib.util.spec_from_file_location(
+    "preflight_ports", ROOT / "roles/preflight/filter_plugins/preflight_ports.py"
+)
 preflight_ports = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(preflight_ports)
 holders = preflight_ports.preflight_port_holders
@@ -29,7 +31,9 @@ def test_a_redeploy_holds_its_own_ports() -> None:
 
 def test_another_deployments_container_is_named() -> None:
     listeners = [listener(8000, "docker-proxy", 77)]
-    assert holders(listeners, 8000, ["nbfed-other-aggregator-proxy-1"], OURS) == ["container nbfed-other-aggregator-proxy-1"]
+    assert holders(listeners, 8000, ["nbfed-other-aggregator-proxy-1"], OURS) == [
+        "container nbfed-other-aggregator-proxy-1"
+    ]
 
 
 def test_a_process_is_named_with_its_pid() -> None:

@@ -23,7 +23,12 @@ def test_resume_reuses_the_app_and_settings_and_asks_to_resume(tmp_path) -> None
     assert resumed.num_rounds == 4
     with open(resumed.overrides, "rb") as f:
         settings = tomllib.load(f)
-    assert settings == {"nbfed.results-dir": str(run.results), "num_rounds": 4, "nbfed.min-sites": 2, "nbfed.resume": True}
+    assert settings == {
+        "nbfed.results-dir": str(run.results),
+        "num_rounds": 4,
+        "nbfed.min-sites": 2,
+        "nbfed.resume": True,
+    }
 
 
 def test_resume_needs_a_run(tmp_path) -> None:

@@ -27,8 +27,21 @@ ROLES = sorted(p.name for p in (ROOT / "roles").iterdir() if (p / "tasks").is_di
 def generate(roles: Path) -> subprocess.CompletedProcess:
     """What `make docs` runs, over `roles`."""
     env = dict(os.environ, ANSIBLE_DOCTOR_TEMPLATE__SRC=f"local>{ROOT / 'docs'}")
-    return subprocess.run([venv_tool("ansible-doctor"), "-c", str(ROOT / "docs" / "role-readme" / "ansible-doctor.yml"),
-                           "-r", "-f", str(roles)], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    return subprocess.run(
+        [
+            venv_tool("ansible-doctor"),
+            "-c",
+            str(ROOT / "docs" / "role-readme" / "ansible-doctor.yml"),
+            "-r",
+            "-f",
+            str(roles),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
 
 
 def specs(role: str) -> dict:
@@ -40,8 +53,11 @@ def test_every_role_readme_is_generated_from_its_argument_specs(tmp_path) -> Non
     shutil.copytree(ROOT / "roles", copy)
     done = generate(copy)
     assert done.returncode == 0, done.stdout + done.stderr
-    stale = [f"README of role {role} is stale: run make docs" for role in ROLES
-             if (copy / role / "README.md").read_text() != (ROOT / "roles" / role / "README.md").read_text()]
+    stale = [
+        f"README of role {role} is stale: run make docs"
+        for role in ROLES
+        if (copy / role / "README.md").read_text() != (ROOT / "roles" / role / "README.md").read_text()
+    ]
     assert not stale, "\n".join(stale)
 
 
@@ -54,12 +70,18 @@ def test_every_default_is_an_option_of_main_with_its_type_description_and_defaul
         for name, value in defaults.items():
             option = main.get(name)
             if option is None:
-                problems.append(f"role {role}: {name} (defaults/main.yml) is not an option of main in meta/argument_specs.yml")
+                problems.append(
+                    f"role {role}: {name} (defaults/main.yml) is not an option of main in meta/argument_specs.yml"
+                )
                 continue
-            problems += [f"role {role}: option {name} has no {key}" for key in ("type", "description") if key not in option]
+            problems += [
+                f"role {role}: option {name} has no {key}" for key in ("type", "description") if key not in option
+            ]
             if option.get("default") != value:
-                problems.append(f"role {role}: option {name} has default {option.get('default')!r} in meta/argument_specs.yml,"
-                                f" {value!r} in defaults/main.yml")
+                problems.append(
+                    f"role {role}: option {name} has default {option.get('default')!r} in meta/argument_specs.yml,"
+                    f" {value!r} in defaults/main.yml"
+                )
     assert not problems, "\n".join(problems)
 
 
@@ -70,9 +92,14 @@ def test_every_option_has_a_type_and_a_description_and_the_readme_names_those_th
         written = (ROOT / "roles" / role / "README.intro.md").read_text()
         for entry_point, spec in entry_points.items():
             for name, option in spec.get("options", {}).items():
-                problems += [f"role {role}: option {name} of {entry_point} has no {key}"
-                             for key in ("type", "description") if key not in option]
+                problems += [
+                    f"role {role}: option {name} of {entry_point} has no {key}"
+                    for key in ("type", "description")
+                    if key not in option
+                ]
                 if name not in entry_points["main"].get("options", {}) and f"`{name}`" not in written:
-                    problems.append(f"role {role}: option {name} of entry point {entry_point} is neither an option of"
-                                    " main (in the README's table) nor named in the README")
+                    problems.append(
+                        f"role {role}: option {name} of entry point {entry_point} is neither an option of"
+                        " main (in the README's table) nor named in the README"
+                    )
     assert not problems, "\n".join(problems)

@@ -27,7 +27,9 @@ def wrappers(tmp_path_factory):
 class Grid:
     """Nodes online, and replies that arrive `delays` seconds after the push (None: never)."""
 
-    def __init__(self, online: int, delays: tuple[float | None, ...] = (), back_at: dict[int, float] | None = None) -> None:
+    def __init__(
+        self, online: int, delays: tuple[float | None, ...] = (), back_at: dict[int, float] | None = None
+    ) -> None:
         self.online, self.delays, self.ready_at = online, delays, {}
         self.started, self.back_at = time.monotonic(), back_at or {}  # node id: seconds until online
 
@@ -37,7 +39,9 @@ class Grid:
 
     def push_messages(self, messages):
         now = time.monotonic()
-        self.ready_at = {f"m{i}": None if d is None else now + d for i, d in zip(range(len(messages)), self.delays, strict=False)}
+        self.ready_at = {
+            f"m{i}": None if d is None else now + d for i, d in zip(range(len(messages)), self.delays, strict=False)
+        }
         return list(self.ready_at)
 
     def pull_messages(self, ids):
@@ -48,8 +52,11 @@ class Grid:
 
 
 def strategy(min_available: int):
-    return SimpleNamespace(min_available_nodes=min_available, configure_train=lambda r, *a: ["train", r],
-                           configure_evaluate=lambda r, *a: ["evaluate", r])
+    return SimpleNamespace(
+        min_available_nodes=min_available,
+        configure_train=lambda r, *a: ["train", r],
+        configure_evaluate=lambda r, *a: ["evaluate", r],
+    )
 
 
 def test_a_round_starts_once_enough_sites_are_online(participation) -> None:
@@ -61,7 +68,9 @@ def test_a_round_starts_once_enough_sites_are_online(participation) -> None:
 
 def test_a_round_without_enough_sites_fails_with_the_reason(participation) -> None:
     s, grid = participation.Quorum(strategy(3), timeout=0.5, interval=0.1), Grid(online=1)
-    with pytest.raises(RuntimeError, match=r"round 4 cannot start: 1 site\(s\) online, the participation policy needs 3"):
+    with pytest.raises(
+        RuntimeError, match=r"round 4 cannot start: 1 site\(s\) online, the participation policy needs 3"
+    ):
         s.configure_train(4, None, None, grid)
     with pytest.raises(RuntimeError, match="round 4 cannot evaluate"):
         s.configure_evaluate(4, None, None, grid)
@@ -105,4 +114,7 @@ def test_a_first_round_waits_for_the_sites_its_launcher_started(participation) -
     waited = participation.await_site_count(grid, 3, timeout=5, interval=0.05)
     assert list(waited) == ["1 of 3", "2 of 3", "3 of 3"]
     assert waited["1 of 3"] == waited["2 of 3"] == 0 and 0.3 <= waited["3 of 3"] < 1, waited
-    assert participation.await_site_count(Grid(online=1), 2, timeout=0.2, interval=0.05) == {"1 of 2": 0, "2 of 2": None}
+    assert participation.await_site_count(Grid(online=1), 2, timeout=0.2, interval=0.05) == {
+        "1 of 2": 0,
+        "2 of 2": None,
+    }

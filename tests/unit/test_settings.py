@@ -22,9 +22,16 @@ class ComposeLoader(yaml.SafeLoader):
     """Compose's YAML: its merge tags (!reset, !override) read as the plain values they tag."""
 
 
-ComposeLoader.add_multi_constructor("!", lambda loader, suffix, node: loader.construct_sequence(node)
-                                    if isinstance(node, yaml.SequenceNode) else loader.construct_mapping(node)
-                                    if isinstance(node, yaml.MappingNode) else loader.construct_scalar(node))
+ComposeLoader.add_multi_constructor(
+    "!",
+    lambda loader, suffix, node: (
+        loader.construct_sequence(node)
+        if isinstance(node, yaml.SequenceNode)
+        else loader.construct_mapping(node)
+        if isinstance(node, yaml.MappingNode)
+        else loader.construct_scalar(node)
+    ),
+)
 
 
 def test_the_generated_app_carries_every_setting_with_its_default(tmp_path) -> None:
@@ -43,8 +50,11 @@ def test_the_server_app_states_no_default_of_its_own() -> None:
 def test_the_dry_run_uses_the_policy_for_its_sites() -> None:
     stack = yaml.load((ROOT / "compose" / "dry-run.yml").read_text(), Loader=ComposeLoader)
     sites = [name for name, service in stack["services"].items() if "--auth-supernode-private-key" in str(service)]
-    settings = dict(arg.removeprefix("--set=").split("=", 1) for arg in stack["services"]["runner"]["command"]
-                    if arg.startswith(f"--set={TOOLKIT_KEY}."))
+    settings = dict(
+        arg.removeprefix("--set=").split("=", 1)
+        for arg in stack["services"]["runner"]["command"]
+        if arg.startswith(f"--set={TOOLKIT_KEY}.")
+    )
     assert len(sites) == 3, sites
     assert int(settings[f"{TOOLKIT_KEY}.min-sites"]) == majority(len(sites))
     assert int(settings[f"{TOOLKIT_KEY}.expected-sites"]) == len(sites)

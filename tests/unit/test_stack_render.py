@@ -15,8 +15,12 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-IMAGES = {"NBFED_AGGREGATOR_IMAGE": "nbfed/aggregator:a", "NBFED_PROXY_IMAGE": "nbfed/proxy:p",
-          "NBFED_SITE_IMAGE": "nbfed/site:s-cpu", "NBFED_SITE_CUDA_IMAGE": "nbfed/site:s-cuda"}
+IMAGES = {
+    "NBFED_AGGREGATOR_IMAGE": "nbfed/aggregator:a",
+    "NBFED_PROXY_IMAGE": "nbfed/proxy:p",
+    "NBFED_SITE_IMAGE": "nbfed/site:s-cpu",
+    "NBFED_SITE_CUDA_IMAGE": "nbfed/site:s-cuda",
+}
 
 
 def environment() -> jinja2.Environment:
@@ -43,22 +47,38 @@ def layout_value(template: str, variables: dict) -> str:
 
 def compose_config(stack: Path, *args: str) -> dict:
     """`docker compose [args] config` in `stack`, as JSON (no engine needed, only the CLI)."""
-    if shutil.which("docker") is None or subprocess.run(["docker", "compose", "version"], capture_output=True).returncode:
+    if (
+        shutil.which("docker") is None
+        or subprocess.run(["docker", "compose", "version"], capture_output=True).returncode
+    ):
         pytest.skip("no docker compose CLI here (bash .ci/docker-engine installs it)")
-    done = subprocess.run(["docker", "compose", *args, "config", "--format", "json"], cwd=stack, capture_output=True,
-                          text=True)
+    done = subprocess.run(
+        ["docker", "compose", *args, "config", "--format", "json"], cwd=stack, capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
 
 def site_stack(tmp_path: Path, gpu: bool, aggregator: str) -> dict:
-    files = ["site.yml"] + (["site.gpu.yml"] if gpu else []) + (["site.host-gateway.yml"] if aggregator == "host.docker.internal" else [])
+    files = (
+        ["site.yml"]
+        + (["site.gpu.yml"] if gpu else [])
+        + (["site.host-gateway.yml"] if aggregator == "host.docker.internal" else [])
+    )
     for name in files:
         shutil.copy(ROOT / "compose" / name, tmp_path / name)
-    (tmp_path / ".env").write_text(render(
-        "site/templates/site.env.j2", site_compose_files=files, site_project="nbfed-clarify-site-oslo", site_name="oslo",
-        site_images=layout("nbfed_layout_site_images", site_gpu=gpu), site_aggregator_address=aggregator,
-        site_aggregator_port=8000, site_data_dir="/srv/nbfed/data"))
+    (tmp_path / ".env").write_text(
+        render(
+            "site/templates/site.env.j2",
+            site_compose_files=files,
+            site_project="nbfed-clarify-site-oslo",
+            site_name="oslo",
+            site_images=layout("nbfed_layout_site_images", site_gpu=gpu),
+            site_aggregator_address=aggregator,
+            site_aggregator_port=8000,
+            site_data_dir="/srv/nbfed/data",
+        )
+    )
     return compose_config(tmp_path)["services"]["supernode"]
 
 
@@ -100,10 +120,16 @@ def test_site_on_the_aggregators_machine_reaches_it_through_the_host_gateway(tmp
 @pytest.mark.parametrize("bind", ["0.0.0.0", "2001:db8::10"])
 def test_aggregator_stack_publishes_the_fleet_port_and_keeps_the_control_api_on_loopback(tmp_path, bind) -> None:
     shutil.copy(ROOT / "compose" / "aggregator.yml", tmp_path)
-    (tmp_path / ".env").write_text(render(
-        "aggregator/templates/aggregator.env.j2", aggregator_project="nbfed-clarify-aggregator",
-        aggregator_images=layout("nbfed_layout_aggregator_images"),
-        aggregator_publish_address=bind, aggregator_port=8443, aggregator_control_port=9093))
+    (tmp_path / ".env").write_text(
+        render(
+            "aggregator/templates/aggregator.env.j2",
+            aggregator_project="nbfed-clarify-aggregator",
+            aggregator_images=layout("nbfed_layout_aggregator_images"),
+            aggregator_publish_address=bind,
+            aggregator_port=8443,
+            aggregator_control_port=9093,
+        )
+    )
     services = compose_config(tmp_path)["services"]
     assert set(services) == {"superlink", "proxy"}  # the runner is a tool (profile), never started by `up`
     [fleet] = services["proxy"]["ports"]

@@ -78,9 +78,7 @@ def test_class_balance_follows_the_papers_table_1(dataset) -> None:
         tumour = counts["train"]["tumor"] + counts["test"]["tumor"]
         normal = counts["train"]["normal"] + counts["test"]["normal"]
         assert (tumour, normal) == (round(paper_tumour * SCALE), round(paper_normal * SCALE))
-        assert tumour / (tumour + normal) == pytest.approx(
-            paper_tumour / (paper_tumour + paper_normal), abs=0.03
-        )
+        assert tumour / (tumour + normal) == pytest.approx(paper_tumour / (paper_tumour + paper_normal), abs=0.03)
         for cls in synth.CLASSES:  # a quarter of each class is held out for testing
             n = counts["train"][cls] + counts["test"][cls]
             assert counts["test"][cls] == max(round(n / 4), synth.MIN_PER_SPLIT)
@@ -94,9 +92,7 @@ def test_tiny_scales_keep_a_few_patches_per_class_and_split() -> None:
 def test_sites_are_stained_differently(dataset) -> None:
     out, _, _ = dataset
     mean = {
-        site: np.concatenate([pixels(out / site / "train" / cls) for cls in synth.CLASSES]).mean(
-            axis=(0, 1, 2)
-        )
+        site: np.concatenate([pixels(out / site / "train" / cls) for cls in synth.CLASSES]).mean(axis=(0, 1, 2))
         for site in synth.SITES
     }
     for one, other in [("site-a", "site-b"), ("site-a", "site-c"), ("site-b", "site-c")]:

@@ -17,13 +17,23 @@ import nbfed.warm_supernode as launcher
 def shim(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     """Run the launcher under the name SuperExec starts it by."""
     (tmp_path / "flwr-clientapp").symlink_to(Path(launcher.__file__).resolve())
-    return subprocess.run([sys.executable, str(tmp_path / "flwr-clientapp"), *args], capture_output=True,
-                          text=True, timeout=30, env={**os.environ, **env})
+    return subprocess.run(
+        [sys.executable, str(tmp_path / "flwr-clientapp"), *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, **env},
+    )
 
 
 def test_without_a_zygote_the_shim_runs_flowers_clientapp_with_the_same_arguments(tmp_path) -> None:
-    done = shim(tmp_path, {launcher.ZYGOTE_SOCKET: str(tmp_path / "gone.sock"), launcher.FLOWER_CLIENTAPP: "echo"},
-                "--token", "abc", "--insecure")
+    done = shim(
+        tmp_path,
+        {launcher.ZYGOTE_SOCKET: str(tmp_path / "gone.sock"), launcher.FLOWER_CLIENTAPP: "echo"},
+        "--token",
+        "abc",
+        "--insecure",
+    )
     assert done.returncode == 0 and done.stdout.strip() == "--token abc --insecure"
     assert "starting a cold flwr-clientapp" in done.stderr
 

@@ -18,7 +18,10 @@ context = ssl.create_default_context(cafile=ca)
 deadline = time.monotonic() + patience
 while True:
     try:
-        with socket.create_connection((host, int(port)), timeout=5) as sock, context.wrap_socket(sock, server_hostname=host):
+        with (
+            socket.create_connection((host, int(port)), timeout=5) as sock,
+            context.wrap_socket(sock, server_hostname=host),
+        ):
             print(f"{address}: reached, certificate verified by the consortium CA")
             sys.exit(0)
     except ssl.SSLCertVerificationError as e:
@@ -26,7 +29,8 @@ while True:
             f"the aggregator at {address} presented a certificate that the consortium CA certificate does not "
             f"verify ({e.verify_message}). Either this site holds another deployment's CA, or something between "
             "the site and the aggregator intercepts TLS (an inspecting proxy: ask for a bypass to the aggregator's "
-            "address). Run the sites stage again to copy this deployment's CA (ansible-playbook deploy.yml --tags sites)."
+            "address). Run the sites stage again to copy this deployment's CA "
+            "(ansible-playbook deploy.yml --tags sites)."
         )
     except OSError as e:
         if time.monotonic() > deadline:
