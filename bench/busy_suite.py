@@ -17,13 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shutil
 import subprocess
 import time
-from datetime import datetime, timezone
 from pathlib import Path
+
+from common import machine  # bench/common.py
 
 ROOT = Path(__file__).resolve().parents[1]
 SUMMARY = re.compile(r"^=+ (.*(passed|failed).*) in [\d.]+s.*=+$", re.MULTILINE)
@@ -34,8 +34,9 @@ def stress(cpus: int) -> subprocess.Popen | None:
         return None
     if shutil.which("stress-ng") is None:
         subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "stress-ng"], check=True)
-    return subprocess.Popen(["stress-ng", "--cpu", str(cpus), "--cpu-method", "matrixprod", "--quiet"],
-                            start_new_session=True)
+    return subprocess.Popen(
+        ["stress-ng", "--cpu", str(cpus), "--cpu-method", "matrixprod", "--quiet"], start_new_session=True
+    )
 
 
 def main() -> None:
@@ -48,11 +49,15 @@ def main() -> None:
 
     if not args.no_demo:
         subprocess.run(["make", "demo"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-    demo = subprocess.run(["docker", "ps", "--filter", "name=nbfed-local-", "--format", "{{.Names}}"],
-                          capture_output=True, text=True).stdout.split()
-    result = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-              "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "stress_cpus": args.stress_cpus, "demo_containers": demo, "runs": []}
+    demo = subprocess.run(
+        ["docker", "ps", "--filter", "name=nbfed-local-", "--format", "{{.Names}}"], capture_output=True, text=True
+    ).stdout.split()
+    result = {
+        "machine": machine(docker=True, load=True),
+        "stress_cpus": args.stress_cpus,
+        "demo_containers": demo,
+        "runs": [],
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     busy = stress(args.stress_cpus)
     try:
@@ -63,8 +68,15 @@ def main() -> None:
                 done = subprocess.run(["make", "test"], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
             wall = time.monotonic() - started
             said = SUMMARY.findall(log.read_text())
-            result["runs"].append({"run": run, "wall_s": round(wall, 1), "exit": done.returncode,
-                                   "summary": said[-1][0] if said else "", "log": log.name})
+            result["runs"].append(
+                {
+                    "run": run,
+                    "wall_s": round(wall, 1),
+                    "exit": done.returncode,
+                    "summary": said[-1][0] if said else "",
+                    "log": log.name,
+                }
+            )
             args.out.write_text(json.dumps(result, indent=2) + "\n")
             print(f"run {run}/{args.runs}: exit {done.returncode}, {wall / 60:.1f} min, {said[-1][0] if said else '?'}")
             if done.returncode != 0:
