@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """The README's test command on a busy machine, several times in a row.
 
-    .venv/bin/python bench/busy_suite.py [--runs 3] [--stress-cpus 1] [--no-demo] [--out bench/results/busy_suite.json]
+    python3 bench/busy_suite.py [--runs 3] [--stress-cpus 1] [--no-demo] [--out bench/results/busy_suite.json]
 
 A developer runs `make test` right after `make demo`, with the demo's federation still up and
 other work on the machine. This brings the demo's stack up (`make demo`, unless --no-demo),
 keeps `--stress-cpus` cores busy with Debian's stress-ng (installed when missing), runs
 `make test` `--runs` times in a row in this checkout, and writes each run's wall time, exit
-code and pytest summary line to the results file as it goes. It stops at the first failed
+code and pytest summary line to the results file as it goes (stdlib only: it runs before
+`make demo` has made the venv). It stops at the first failed
 run (its log is kept beside the results file). The demo is left up, as `make demo` leaves it:
 `make down` stops it.
 """
@@ -33,6 +34,7 @@ def stress(cpus: int) -> subprocess.Popen | None:
     if cpus <= 0:
         return None
     if shutil.which("stress-ng") is None:
+        subprocess.run(["apt-get", "update", "-qq"], check=True)
         subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "stress-ng"], check=True)
     return subprocess.Popen(
         ["stress-ng", "--cpu", str(cpus), "--cpu-method", "matrixprod", "--quiet"], start_new_session=True
