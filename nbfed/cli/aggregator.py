@@ -1,0 +1,120 @@
+"""The aggregator's commands (the stack's runner and the dry run): register, submit, status, pki."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from nbfed.check import CheckFailed
+from nbfed.cli.common import CaOpt, NotebookArg, SetOpt, SuperLinkOpt, console, err, fail, finish, parse_settings
+from nbfed.notebook import NotebookError
+
+
+def register_cmd(
+    keys: Annotated[list[Path], typer.Argument(help="Sites' public keys, SITE.pub (the file name names the site).")],
+    superlink: SuperLinkOpt,
+    ca: CaOpt = None,
+) -> None:
+    """Register sites' SuperNode public keys with SuperLink (already registered keys are kept)."""
+    from nbfed.superlink import RunFailed, connect
+
+    with connect(superlink, ca) as client:
+        for key in keys:
+            site = key.name.removesuffix(".pub")
+            try:
+                fresh = client.register(key, site)
+            except RunFailed as e:
+                raise fail(str(e)) from None
+            console.print(f"site {site}: public key {'registered' if fresh else 'already registered'}")
+
+
+def submit_cmd(
+    notebook: NotebookArg,
+    superlink: SuperLinkOpt,
+    ca: CaOpt = None,
+    results_root: Annotated[Path, typer.Option(help="Where the ServerApp writes results (a volume it shares).")] = Path(
+        "results"
+    ),
+    name: Annotated[str | None, typer.Option(help="Run name (default <notebook>-<time>).")] = None,
+    set_: SetOpt = [],
+    timeout: Annotated[float, typer.Option(help="Seconds before the run is abandoned.")] = 3600,
+    resume: Annotated[
+        bool, typer.Option(help="Go on with the run --name from its last checkpoint (same app, same settings).")
+    ] = False,
+) -> None:
+    """Submit the notebook's app to a running SuperLink, follow it, write the report.
+
+    A run whose ServerApp is lost (the aggregator restarted under it) goes on from its last
+    checkpoint by itself; --resume goes on with one whose runner was lost too."""
+    from nbfed.submit import default_results_dir, submit
+    from nbfed.superlink import RunFailed, connect
+
+    started = time.monotonic()
+    results = results_root / name if name else default_results_dir(notebook, results_root)  # "" counts as unset
+    try:
+        with connect(superlink, ca) as client:
+            run = submit(notebook, client, results, parse_settings(set_), console, timeout, resume=resume)
+    except (NotebookError, CheckFailed) as e:
+        err.print(str(e), highlight=False, markup=False)
+        raise typer.Exit(1) from None
+    except (RunFailed, FileExistsError, FileNotFoundError, KeyError) as e:
+        raise fail(str(e).strip("'\"")) from None
+    finish(run.results, started)
+
+
+def status_cmd(
+    superlink: SuperLinkOpt,
+    ca: CaOpt = None,
+    runs: Annotated[int, typer.Option(help="How many of the newest runs to list.")] = 5,
+    json_: Annotated[bool, typer.Option("--json", help="Print the SuperNodes and runs as JSON.")] = False,
+) -> None:
+    """The SuperNodes SuperLink knows (online, offline, registered) and its newest runs."""
+    from rich.table import Table
+
+    from nbfed.superlink import RunFailed, connect
+
+    try:
+        with connect(superlink, ca) as client:
+            nodes, recent = client.nodes(), client.runs()
+    except RunFailed as e:
+        raise fail(str(e)) from None
+    recent = sorted(recent, key=lambda r: str(r.get("pending-at") or ""))[-runs:] if runs else []
+    if json_:
+        print(json.dumps({"nodes": nodes, "online": sum(n["status"] == "online" for n in nodes), "runs": recent}))
+        return
+    table = Table("node", "status", "registered", "online since", title="SuperNodes")
+    for n in nodes:
+        table.add_row(n["node-id"], n["status"], n["created-at"], n["online-at"])
+    console.print(table)
+    table = Table("run", "app", "submitted", "status", "elapsed", title="Runs")
+    for r in recent:
+        table.add_row(
+            r["run-id"],
+            r["fab-name"],
+            str(r.get("pending-at") or "")[:19],
+            r["status"],
+            f"{float(r['elapsed'] or 0):.0f} s",
+        )
+    console.print(table)
+
+
+def pki_cmd(
+    out: Annotated[Path, typer.Option("-o", "--out", help="Directory for the CA, certificate and node keys.")],
+    san: Annotated[
+        list[str], typer.Option(help="A name or address of the aggregator (repeatable; the first is the CN).")
+    ],
+    site: Annotated[list[str], typer.Option(help="A site that gets a node key (repeatable).")] = [],
+    uid: Annotated[int | None, typer.Option(help="Give every file to this uid (the containers' user).")] = None,
+) -> None:
+    """A throw-away PKI for the dry run: CA, SuperLink certificate, one node key per site."""
+    from nbfed.pki import make_pki
+
+    if (out / "ca.crt").exists():
+        console.print(f"{out} already holds a PKI; kept")
+        return
+    make_pki(out, san, site, uid)
+    console.print(f"PKI in {out}: CA, certificate for {', '.join(san)}, node keys for {', '.join(site) or 'no site'}")
