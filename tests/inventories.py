@@ -1,5 +1,5 @@
 """Wrong inventories (tests/fixtures/inventories) and what deploy.yml must say about each, for
-tests/unit/test_inventory.py (those the control node refuses) and
+tests/unit/test_inventory_checks.py (those the control node refuses) and
 tests/integration/test_inventory.py (those a host probe refuses, which needs a Docker Engine)."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The shipped notebooks (notebook/template.ipynb, notebook/pathology.ipynb), for the tests
-that read them (tests/unit/test_notebooks.py) and run them in a kernel
+that read them (tests/unit/test_shipped_notebooks.py) and run them in a kernel
 (tests/integration/test_notebooks.py): where they are, how to read their tagged cells, and a
 small dataset for three sites."""
 

@@ -368,7 +368,7 @@ def test_bootstrapped_base_is_reused(base_image):
     assert again.returncode == 0 and "nothing to do" in again.stdout, again.stdout + again.stderr
 
 
-# --- no engine, but a package index to resolve against (the rest is tests/unit/test_images.py) ----
+# --- no engine, but a package index to resolve against (the rest is tests/unit/test_image_content.py) ----
 
 
 def test_cuda_flavour_refuses_a_cpu_torch(tmp_path):

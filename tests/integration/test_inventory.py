@@ -2,7 +2,7 @@
 deploy.yml refusing what only a host probe finds: a port the aggregator stack would publish
 already taken, a site's data directory missing or empty,
 and the wrong inventories in tests/fixtures/inventories that a probe refuses (the rest, and
-inventory/clarify, need no host: tests/unit/test_inventory.py).
+inventory/clarify, need no host: tests/unit/test_inventory_checks.py).
 
 The local inventory is run as it is, with one more inventory source that only points the
 sites' site_data_dir at a temporary tree, so the repository's data/ is neither needed nor

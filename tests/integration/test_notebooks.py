@@ -1,6 +1,6 @@
 """The shipped notebooks (notebook/template.ipynb, notebook/pathology.ipynb), run top to bottom
 in a Jupyter kernel of this interpreter, as a user would (slow: a kernel process). The tests
-that only read them, and call the contract's functions, are tests/unit/test_notebooks.py.
+that only read them, and call the contract's functions, are tests/unit/test_shipped_notebooks.py.
 """
 
 from __future__ import annotations
