@@ -12,6 +12,7 @@ spec = importlib.util.spec_from_file_location(
 preflight_ports = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(preflight_ports)
 holders = preflight_ports.preflight_port_holders
+taken = preflight_ports.preflight_ports_taken
 
 OURS = "nbfed-clarify-aggregator-"
 
@@ -39,3 +40,22 @@ def test_another_deployments_container_is_named() -> None:
 def test_a_process_is_named_with_its_pid() -> None:
     listeners = [listener(8000, "nginx", 501), listener(8000, "nginx", 501), listener(9093, "x", 2)]
     assert holders(listeners, "8000", [], OURS) == ["process nginx (pid 501)"]
+
+
+def test_the_ports_taken_name_their_variable_and_every_holder() -> None:
+    published = [
+        {
+            "item": {"variable": "aggregator_port", "port": 8000},
+            "containers": [{"Names": ["/nbfed-x-aggregator-proxy-1"]}],
+        },
+        {"item": {"variable": "aggregator_control_port", "port": 9093}, "containers": []},
+        {
+            "item": {"variable": "other_port", "port": 7000},
+            "containers": [{"Names": ["/nbfed-clarify-aggregator-a-1"]}],
+        },
+    ]
+    listeners = [listener(8000, "docker-proxy", 5), listener(9093, "sshd", 9), listener(7000, "docker-proxy", 6)]
+    assert taken(listeners, published, OURS) == [
+        {"variable": "aggregator_port", "port": 8000, "holders": ["container nbfed-x-aggregator-proxy-1"]},
+        {"variable": "aggregator_control_port", "port": 9093, "holders": ["process sshd (pid 9)"]},
+    ]

@@ -21,6 +21,18 @@ def preflight_port_holders(listeners: list[dict], port: int, containers: list[st
     return others + sorted(processes)
 
 
+def preflight_ports_taken(listeners: list[dict], published: list[dict], own_prefix: str) -> list[dict]:
+    """{port, variable, holders} for each published port that someone else holds. `published` are
+    community.docker.docker_host_info's loop results: the port and its inventory variable as
+    `item`, the containers that publish the port."""
+    taken = []
+    for result in published:
+        names = [name.lstrip("/") for container in result.get("containers", []) for name in container["Names"][:1]]
+        if holders := preflight_port_holders(listeners, result["item"]["port"], names, own_prefix):
+            taken.append({**result["item"], "holders": holders})
+    return taken
+
+
 class FilterModule:
     def filters(self):
-        return {"preflight_port_holders": preflight_port_holders}
+        return {"preflight_ports_taken": preflight_ports_taken}
