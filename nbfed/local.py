@@ -47,8 +47,10 @@ def find_sites(data_dir: Path) -> dict[str, Path]:
 
 
 def free_port() -> int:
+    """A TCP port free on every address of this machine (tests and benchmarks also publish
+    Docker ports with it, on the bridge's gateway as well as on loopback)."""
     with closing(socket.socket()) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind(("", 0))
         return s.getsockname()[1]
 
 
