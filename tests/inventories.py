@@ -4,9 +4,12 @@ tests/integration/test_inventory.py (those a host probe refuses, which needs a D
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from playbook import ROOT, assert_nothing_changed, run_ansible, tree
+
+from nbfed.local import free_port
 
 FIXTURES = ROOT / "tests" / "fixtures" / "inventories"
 SITES = ("site-a", "site-b", "site-c")
@@ -87,7 +90,12 @@ def assert_refused(name: str, site_data: Path) -> None:
     says, before any later stage runs and without touching the data or the inventory."""
     inventory = FIXTURES / name
     before = tree(site_data), tree(inventory)
-    done = run_ansible("ansible-playbook", "deploy.yml", "-i", str(inventory), data=site_data)
+    # A probed inventory's aggregator is this machine: ports of its own, so that a deployment
+    # already here (the demo's, on the default ports) is not what refuses it.
+    ports = ["-e", json.dumps({"aggregator_port": free_port(), "aggregator_control_port": free_port()})]
+    done = run_ansible(
+        "ansible-playbook", "deploy.yml", "-i", str(inventory), *(ports if name in PROBED else []), data=site_data
+    )
     assert done.returncode != 0, f"{name} was accepted:\n{done.output}"
     said = " ".join(done.output.split())
     for expected in BAD_INVENTORIES[name]:
