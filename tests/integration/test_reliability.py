@@ -30,14 +30,17 @@ from nbfed.warm_supernode import DEFAULT_HEARTBEAT_INTERVAL
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
-TIMEOUT = 30  # nbfed_round_timeout: a round goes on without a site that has not answered by then
+# nbfed_round_timeout: a round goes on without a site that has not answered by then. Well above
+# a round on a busy machine (about 65 s with one of two cores taken, 10 s idle), so that only the
+# faults leave sites out; a faulty round ends sooner, when SuperLink declares the site unavailable.
+TIMEOUT = 120
 POLICY = {"nbfed_min_sites": 2, "nbfed_round_timeout": TIMEOUT}
 # The sites' heartbeat (nbfed's SuperNode launcher): SuperLink declares a silent site unavailable,
 # and lets a crashed one's key in again, two intervals after its last heartbeat.
 HEARTBEAT = float(DEFAULT_HEARTBEAT_INTERVAL)
-# The dropouts run: rounds take about 11 s, the two faulty ones up to two heartbeat intervals
-# more; a crashed SuperNode is back after about three intervals, a cut-off one about two after its
-# network returns.
+# The dropouts run: rounds take about 11 s on an idle machine, the two faulty ones up to two
+# heartbeat intervals more; a crashed SuperNode is back after about three intervals, a cut-off
+# one about two after its network returns.
 ROUNDS = 8
 
 
@@ -106,10 +109,10 @@ def test_sites_that_die_or_are_cut_off_miss_a_round_and_rejoin_with_the_same_ide
     assert [r["round"] for r in rounds] == list(range(1, ROUNDS + 1))
     identities = rounds[0]["sites"]
     assert sorted(identities) == list(SITES)
-    # The crashed site is left out of its round, which goes on with the others: at the latest at
-    # the timeout of each phase, sooner where SuperLink declares the site unavailable.
+    # The crashed site is left out of its round, which goes on with the others once SuperLink
+    # declares the site unavailable (no heartbeat for two intervals), before the round timeout.
     assert sorted(rounds[1]["sites"]) == ["site-a", "site-b"] and "site-c" in left_out(rounds[1]), rounds[1]
-    assert rounds[1]["duration_s"] < 2 * TIMEOUT, rounds[1]
+    assert rounds[1]["duration_s"] < TIMEOUT, rounds[1]
     assert "site-b" not in rounds[2]["sites"] and "site-b" in left_out(rounds[2]), rounds[2]
     # The start that SuperLink accepted (the container has run since) came once the old key's two
     # heartbeat intervals had lapsed, plus Docker's restart backoff and the SuperNode's start:
