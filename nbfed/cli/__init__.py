@@ -20,6 +20,7 @@ for name, command in {
     "synth-data": notebook.synth_data_cmd,
     "run-local": notebook.run_local_cmd,
     "register": aggregator.register_cmd,
+    "sign": aggregator.sign_cmd,
     "submit": aggregator.submit_cmd,
     "status": aggregator.status_cmd,
     "pki": aggregator.pki_cmd,

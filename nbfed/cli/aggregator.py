@@ -1,4 +1,5 @@
-"""The aggregator's commands (the stack's runner and the dry run): register, submit, status, pki."""
+"""The deployment's commands: sign (the control node); register, submit, status, pki (the
+aggregator stack's runner and the dry run)."""
 
 from __future__ import annotations
 
@@ -45,6 +46,9 @@ def submit_cmd(
     resume: Annotated[
         bool, typer.Option(help="Go on with the run --name from its last checkpoint (same app, same settings).")
     ] = False,
+    signed: Annotated[
+        bool, typer.Option(help="The run --name was prepared and signed on the control node (`nbfed sign`).")
+    ] = False,
 ) -> None:
     """Submit the notebook's app to a running SuperLink, follow it, write the report.
 
@@ -57,13 +61,42 @@ def submit_cmd(
     results = results_root / name if name else default_results_dir(notebook, results_root)  # "" counts as unset
     try:
         with connect(superlink, ca) as client:
-            run = submit(notebook, client, results, parse_settings(set_), console, timeout, resume=resume)
+            run = submit(
+                notebook, client, results, parse_settings(set_), console, timeout, resume=resume, signed=signed
+            )
     except (NotebookError, CheckFailed) as e:
         err.print(str(e), highlight=False, markup=False)
         raise typer.Exit(1) from None
     except (RunFailed, FileExistsError, FileNotFoundError, KeyError) as e:
         raise fail(str(e).strip("'\"")) from None
     finish(run.results, started)
+
+
+def sign_cmd(
+    notebook: NotebookArg,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Where the signed run goes (the app, app.fab, overrides.toml).")
+    ],
+    key: Annotated[Path, typer.Option(help="The consortium's Ed25519 signing key (OpenSSH format).")],
+    results_dir: Annotated[str, typer.Option(help="The results directory as the aggregator's ServerApp sees it.")],
+    set_: SetOpt = [],
+) -> None:
+    """Prepare a run on the control node and sign its app and run config for the sites.
+
+    Prints the app id, its FAB's sha256 and the key id as JSON, for the playbook."""
+    from nbfed.app_signing import key_id, load_private_key
+    from nbfed.submit import sign_run
+
+    settings = {**parse_settings(set_), "nbfed.results-dir": results_dir}
+    try:
+        _, statement = sign_run(notebook, out, settings, key)
+    except (NotebookError, CheckFailed) as e:
+        err.print(str(e), highlight=False, markup=False)
+        raise typer.Exit(1) from None
+    except (FileExistsError, FileNotFoundError, KeyError, ValueError) as e:
+        raise fail(str(e).strip("'\"")) from None
+    signer = key_id(load_private_key(key).public_key())
+    print(json.dumps({"app": statement.app_id, "fab-sha256": statement.fab_sha256, "key": signer}))
 
 
 def status_cmd(

@@ -1,0 +1,1 @@
+../../nbfed/app_signing.py

@@ -1,0 +1,1 @@
+../../nbfed/site_review.py

@@ -1,0 +1,1 @@
+../../nbfed/site_trust.py
