@@ -71,7 +71,9 @@ def wait_for_port(port: int, proc: subprocess.Popen, log: Path, timeout: float =
 class LocalFederation:
     """SuperLink + SuperNodes as child processes, each in its own process group. The SuperNodes
     are nbfed's (warm ClientApps, short polls: nbfed/warm_supernode.py), as in the site image,
-    unless `warm` is False: Flower's own, for a baseline."""
+    unless `warm` is False: Flower's own, for a baseline. `isolated`: each site's ClientApps
+    start from a SuperExec process of its own, as in a site's stack (Flower's process
+    isolation), not from one the SuperNode starts."""
 
     sites: dict[str, Path]
     logs: Path
@@ -79,6 +81,7 @@ class LocalFederation:
     port: int = field(default_factory=free_port)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     warm: bool = True
+    isolated: bool = False
 
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
         env = {
@@ -87,6 +90,8 @@ class LocalFederation:
             "FLWR_HOME": str(self.flwr_home),
             "PYTHONUNBUFFERED": "1",
             "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
+            # The researcher's own notebook on the researcher's machine: no site to ask.
+            "NBFED_APP_TRUST": "any",
         }
         with open(self.logs / f"{name}.log", "w") as log:
             proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -111,6 +116,8 @@ class LocalFederation:
         for site, data in self.sites.items():
             node_config = f"site={toml_value(site)} data-dir={toml_value(str(data))}"
             supernode = [sys.executable, "-m", "nbfed.warm_supernode"] if self.warm else [str(BIN / "flower-supernode")]
+            runtime_port = free_port()
+            isolation = ["--isolation", "process"] if self.isolated else []
             self._spawn(
                 f"supernode-{site}",
                 [
@@ -119,11 +126,16 @@ class LocalFederation:
                     "--superlink",
                     f"127.0.0.1:{self.port}",
                     "--port",
-                    str(free_port()),
+                    str(runtime_port),
+                    *isolation,
                     "--node-config",
                     node_config,
                 ],
             )
+            if self.isolated:
+                superexec = [sys.executable, "-m", "nbfed.warm_supernode", "superexec"]
+                runtime = ["--insecure", "--runtime-api-address", f"127.0.0.1:{runtime_port}"]
+                self._spawn(f"superexec-{site}", [*superexec, *runtime])
         return SuperLinkClient(f"127.0.0.1:{self.port}", self.flwr_home / "cli")
 
     def check_alive(self) -> None:

@@ -64,6 +64,10 @@ class SuperLinkClient:
         )
 
     def flwr(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(BIN / "flwr"), *args], env=self._env(), capture_output=True, text=True)
+
+    def _env(self) -> dict[str, str]:
+        """Flower's CLI with this client's FLWR_HOME, and nothing of the caller's but PYTHONPATH."""
         env = {
             "FLWR_TELEMETRY_ENABLED": "0",
             "FLWR_HOME": str(self.home),
@@ -72,14 +76,20 @@ class SuperLinkClient:
         }
         if "PYTHONPATH" in os.environ:  # Flower found through PYTHONPATH (a --target install) must stay found
             env["PYTHONPATH"] = os.environ["PYTHONPATH"]
-        return subprocess.run([str(BIN / "flwr"), *args], env=env, capture_output=True, text=True)
+        return env
 
     def _json(self, *args: str) -> dict[str, Any]:
-        done = self.flwr(*args, "--format", "json")
-        try:
-            return json.loads(done.stdout)
-        except ValueError:
-            return {"success": False, "error-message": (done.stdout + done.stderr).strip()}
+        return self._answer(self.flwr(*args, "--format", "json"))
+
+    @staticmethod
+    def _answer(done: subprocess.CompletedProcess) -> dict[str, Any]:
+        """The JSON answer: all of stdout, else its last line (Flower may say things first)."""
+        for text in (done.stdout, done.stdout.strip().rpartition("\n")[2]):
+            try:
+                return json.loads(text)
+            except ValueError:
+                continue
+        return {"success": False, "error-message": (done.stdout + done.stderr).strip()}
 
     def register(self, public_key: Path, name: str) -> bool:
         """Register a SuperNode's public key; False when it was registered already."""
@@ -90,10 +100,15 @@ class SuperLinkClient:
             return False
         raise RunFailed(f"registering {public_key} ({name}) failed: {answer.get('error-message')}")
 
-    def submit(self, app: Path, overrides: Path, attempts: int = 30) -> int:
-        """`flwr run` the app; returns the run id. Retries while SuperLink finishes starting."""
+    def submit(self, app: Path, overrides: Path, fab: Path | None = None, attempts: int = 30) -> int:
+        """`flwr run` the app, or start a run of the `fab` built from it (its exact bytes: a
+        signed app); returns the run id. Retries while SuperLink finishes starting."""
         for _ in range(attempts):
-            answer = self._json("run", str(app), CONNECTION, "--run-config", str(overrides))
+            if fab is None:
+                answer = self._json("run", str(app), CONNECTION, "--run-config", str(overrides))
+            else:
+                argv = [sys.executable, "-m", "nbfed.fab_run", str(fab), str(overrides), CONNECTION]
+                answer = self._answer(subprocess.run(argv, env=self._env(), capture_output=True, text=True))
             if answer.get("success") and "run-id" in answer:
                 return int(answer["run-id"])
             time.sleep(1)

@@ -1,7 +1,14 @@
 #!/usr/bin/env python3
 """nbfed's SuperNode: Flower's `flower-supernode`, with ClientApps that start warm.
 
-    python -m nbfed.warm_supernode [flower-supernode arguments]     (the site image runs this file)
+    python -m nbfed.warm_supernode [flower-supernode arguments]           (the site image's entry point)
+    python -m nbfed.warm_supernode superexec [flower-superexec arguments]  (the ClientApp container)
+
+A site's stack runs the SuperNode with `--isolation process`: the notebook's code runs in a
+second container (compose/site.yml's `clientapp`), where Flower's SuperExec takes the
+ClientApps the SuperNode's Runtime API hands out and starts them, warm, as below. Without
+`--isolation process` (the one-machine dry run) the SuperNode starts SuperExec itself, as
+Flower does, and the ClientApps start warm in its own container.
 
 Flower 1.41's SuperNode starts a new `flwr-clientapp` process for every message, which spends
 about 2 s importing flwr and torch before it reads the message, and it asks SuperLink for work
@@ -20,12 +27,17 @@ launcher keeps Flower's SuperNode, SuperExec and ClientApp code and changes how 
   refuses to re-activate its key until then: a crashed SuperNode is back in about 20 s
   instead of 60, and a dead site is seen offline as much sooner.
 
-This file imports only the standard library and Flower: the site image carries it alone.
+- before any of an app runs, the site's trust decides whether it may (nbfed.app_gate: signed
+  apps, the site operator's approvals); NBFED_APP_TRUST says which policy, and must be set.
+
+This file imports only the standard library, Flower and the gate's modules (the site image
+carries them as the package nbfed, beside it).
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import random
 import shutil
@@ -155,29 +167,57 @@ def shorten_heartbeat(interval: float) -> None:
     heartbeat.HEARTBEAT_DEFAULT_INTERVAL = connection.HEARTBEAT_DEFAULT_INTERVAL = interval
 
 
-def main(argv: list[str]) -> None:
-    interval = float(os.environ.get("NBFED_POLL_INTERVAL", "0.25"))
-    os.environ.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", str(interval))
+def poll_interval() -> float:
+    return float(os.environ.get("NBFED_POLL_INTERVAL", "0.25"))
+
+
+def warm_clientapps() -> None:
+    """Start the zygote and put the shim first on PATH, where SuperExec looks for
+    `flwr-clientapp` (this process and its children: SuperExec)."""
+    os.environ.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", str(poll_interval()))
     flower = shutil.which("flwr-clientapp")
-    if os.environ.get("NBFED_WARM_CLIENTAPPS", "1") != "0" and flower:
-        here = Path(tempfile.mkdtemp(prefix="nbfed-supernode-"))
-        (here / "bin").mkdir()
-        (here / "bin" / "flwr-clientapp").symlink_to(Path(__file__).resolve())
-        sock = str(here / "zygote.sock")
-        subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--zygote", sock, str(os.getpid())])
-        deadline = time.monotonic() + 10
-        while not os.path.exists(sock) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        os.environ.update(
-            {
-                ZYGOTE_SOCKET: sock,
-                FLOWER_CLIENTAPP: flower,
-                "PATH": f"{here / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
-            }
-        )
-    shorten_polls(interval)
+    if os.environ.get("NBFED_WARM_CLIENTAPPS", "1") == "0" or not flower:
+        return
+    here = Path(tempfile.mkdtemp(prefix="nbfed-clientapps-"))
+    (here / "bin").mkdir()
+    (here / "bin" / "flwr-clientapp").symlink_to(Path(__file__).resolve())
+    sock = str(here / "zygote.sock")
+    subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--zygote", sock, str(os.getpid())])
+    deadline = time.monotonic() + 10
+    while not os.path.exists(sock) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.environ.update(
+        {
+            ZYGOTE_SOCKET: sock,
+            FLOWER_CLIENTAPP: flower,
+            "PATH": f"{here / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+    )
+
+
+def superexec(argv: list[str]) -> None:
+    """The ClientApp container: Flower's SuperExec, pulling ClientApps from the SuperNode's
+    Runtime API and starting them warm. It holds no key and no trust list: only the site's
+    data (read-only) and the network to the SuperNode."""
+    warm_clientapps()
+    from flwr.supercore.cli.flower_superexec import flower_superexec
+
+    sys.argv = ["flower-superexec", *argv]
+    flower_superexec()
+
+
+def main(argv: list[str]) -> None:
+    isolated = "--isolation=process" in argv or ("--isolation", "process") in itertools.pairwise(argv)
+    if not isolated:
+        warm_clientapps()  # Flower's subprocess isolation: SuperExec starts in this container
+    shorten_polls(poll_interval())
     shorten_heartbeat(float(os.environ.get("NBFED_HEARTBEAT_INTERVAL", DEFAULT_HEARTBEAT_INTERVAL)))
     from flwr.supernode.cli.flower_supernode import flower_supernode
+
+    from nbfed import app_gate
+
+    if not {"-V", "--version", "-h", "--help"} & set(argv):  # asking runs no app: no trust needed
+        app_gate.install()
 
     sys.argv = ["flower-supernode", *argv]
     flower_supernode()
@@ -188,5 +228,7 @@ if __name__ == "__main__":
         shim(sys.argv[1:])
     elif sys.argv[1:2] == ["--zygote"]:
         zygote(sys.argv[2], int(sys.argv[3]))
+    elif sys.argv[1:2] == ["superexec"]:
+        superexec(sys.argv[2:])
     else:
         main(sys.argv[1:])

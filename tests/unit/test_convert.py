@@ -31,6 +31,7 @@ def test_layout_and_pyproject(notebook, tmp_path):
         "participation.py",
         "recorder.py",
         "recording.py",
+        "replies.py",
         "server_app.py",
         "settings.py",
         "task.py",

@@ -79,9 +79,11 @@ def test_the_roles_default_each_inventory_setting_as_the_app_does(key) -> None:
 
 
 def shown_default(value: bool | int | float | str) -> str:
-    """A default as the README's settings table writes it: true, "float32", 1800, 0.5."""
+    """A default as the README's settings table writes it: true, "float32", 1000000, 1800, 0.5."""
     if isinstance(value, bool):
         return str(value).lower()
+    if isinstance(value, int):
+        return str(value)
     return f'"{value}"' if isinstance(value, str) else f"{value:g}"
 
 
