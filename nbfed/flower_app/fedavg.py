@@ -74,9 +74,10 @@ class StreamingFedAvg(FedAvg):
             validate_message_reply_consistency([content], self.weighted_by_key, check_arrayrecord=True)
             arrays = next(iter(content.array_records.values()))
             metric = next(iter(content.metric_records.values()))
-            if sums and (set(arrays) != set(sums) or set(metric) != set(metrics[0]["metrics"])):
+            # (the ServerApp checks each reply against the model sent first: replies.ReplyCheck)
+            if sums and set(arrays) != set(sums):
                 raise InconsistentMessageReplies(
-                    reason="All ArrayRecords and MetricRecords must have the same keys for aggregation. "
+                    reason="All ArrayRecords must have the same keys for aggregation. "
                     "This condition wasn't met. Skipping aggregation."
                 )
             weight = float(metric[self.weighted_by_key])
@@ -100,3 +101,13 @@ class StreamingFedAvg(FedAvg):
                 np.rint(mean, out=mean)
             averaged[key] = Array(mean.astype(dtypes[key], copy=False))
         return ArrayRecord(averaged), self.train_metrics_aggr_fn(metrics, self.weighted_by_key)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        # Flower's FedAvg refuses a round's metrics, and so ends the run, when one site's have a
+        # key another's lack. No site's metrics may decide which keys the others' must have: each
+        # reply was checked on its own (replies.ReplyCheck) and, as in training, they are averaged
+        # as they are.
+        valid, _ = self._check_and_log_replies(replies, is_train=False, validate=False)
+        if not valid:
+            return None
+        return self.evaluate_metrics_aggr_fn([msg.content for msg in valid], self.weighted_by_key)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -33,6 +34,8 @@ import torch
 from flwr.app import ArrayRecord, MetricRecord
 
 from .metrics import checkpoint_path, checkpoints, summarize_round
+
+_DEFAULT_NAME = re.compile(r"node-\d+")  # a node's site before it has another name (site_of)
 
 
 class ResultsDiskFull(OSError):
@@ -75,6 +78,7 @@ class Recorder:
         self.offset = len(self.rounds)  # rounds finished before this ServerApp started
         self.current: dict[str, Any] = {}
         self.awaited: dict[str, float | None] = {}
+        self.registered: dict[int, str] = {}  # node id: its name in SuperLink's registry (nbfed register)
 
     @classmethod
     def start(cls, results_dir: Path, run: dict[str, Any]) -> Recorder:
@@ -133,12 +137,42 @@ class Recorder:
         return self.current
 
     def site_of(self, node_id: int) -> str:
-        """The site a node id belongs to, once it has answered; `node-<id>` before."""
+        """The site a node id belongs to: its name in SuperLink's registry, else the name it took
+        in this run (`claim`), else `node-<id>`."""
+        if node_id in self.registered:
+            return self.registered[node_id]
         return next((site for site, node in self.run["sites"].items() if node == node_id), f"node-{node_id}")
 
-    def name_site(self, site: str, node_id: int) -> None:
-        if self.run["sites"].get(site) != node_id:
-            self.run["sites"] = dict(sorted({**self.run["sites"], site: node_id}.items()))
+    def claim(self, node_id: int, claimed: str | None) -> str | None:
+        """Why a reply from `node_id` that names its site `claimed` is refused (None: it is not);
+        run.json names the node's site when it is not.
+
+        A reply's word never renames a node: SuperLink's registry names the nodes of a
+        federation with node authentication (the deployment registers each site's key under its
+        name), and a reply that names another site is an impostor's. Only where SuperLink names
+        no node (run-local's SuperLink has no node authentication) does a node take the name its
+        first reply gives, unless that is another node's."""
+        known = self.site_of(node_id)
+        if claimed is None or claimed == known:
+            pass
+        elif node_id in self.registered or node_id in self.run["sites"].values():
+            return f"it names its site {claimed!r}, but node {node_id} is {known!r}"
+        elif (holder := self._holder(claimed)) is not None:
+            return f"it names its site {claimed!r}, which is node {holder}'s"
+        elif not self.registered:
+            known = claimed
+        if self.run["sites"].get(known) != node_id:
+            self.run["sites"] = dict(sorted({**self.run["sites"], known: node_id}.items()))
+        return None
+
+    def _holder(self, site: str) -> int | None:
+        """The node whose name `site` is (`node-<id>`: that node's, before it has another)."""
+        for node, name in self.registered.items():
+            if name == site:
+                return node
+        if site in self.run["sites"]:
+            return self.run["sites"][site]
+        return int(site.removeprefix("node-")) if _DEFAULT_NAME.fullmatch(site) else None
 
     def sites_awaited(self, waited: dict[str, float | None]) -> None:
         """A resumed run waited for its sites (seconds each took, None: not back): the next round's record says so."""

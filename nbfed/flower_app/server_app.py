@@ -8,8 +8,9 @@ its results directory from its last checkpoint, for the rounds that remain, once
 that run are back (or the round timeout has passed).
 
 What nbfed changes in Flower's behaviour is composed in `main`, outermost first: the recording
-of every round (recording.py), the bounded wait for the policy's quorum (participation.py), the
-strategy; and the Grid that hands replies over as they arrive (wrappers.py).
+of every round, each reply checked on its way to the strategy (recording.py, replies.py:
+`nbfed.max-examples` bounds a reply's FedAvg weight), the bounded wait for the policy's quorum
+(participation.py), the strategy; and the Grid that hands replies over as they arrive (wrappers.py).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from .fedavg import StreamingFedAvg
 from .participation import Quorum, await_site_count, await_sites
 from .recorder import Recorder
 from .recording import RecordedStrategy
+from .replies import ReplyCheck
 from .settings import notebook_config, toolkit
 from .wrappers import StreamingGrid
 
@@ -83,7 +85,8 @@ def main(grid: Grid, context: Context) -> None:
             recorder.sites_awaited(await_sites(grid, recorder.run["sites"], timeout))
         elif expected := toolkit(context, "expected-sites"):
             recorder.sites_awaited(await_site_count(grid, expected, timeout))
-        strategy = RecordedStrategy(Quorum(_strategy(config, context), timeout), recorder)
+        check = ReplyCheck(max_examples=toolkit(context, "max-examples"))
+        strategy = RecordedStrategy(Quorum(_strategy(config, context), timeout), recorder, check)
         if num_rounds > recorder.offset:
             arrays = strategy.start(
                 grid=StreamingGrid(grid),

@@ -39,11 +39,18 @@ TOOLKIT_SETTINGS: dict[str, Setting] = {
     "fraction-train": Setting(1.0, "fraction of the online sites sampled to train each round", "nbfed_fraction_train"),
     "fraction-evaluate": Setting(1.0, "fraction asked to evaluate each round's model (0: training only)"),
     "transfer-dtype": Setting("float32", "float16: the model travels at half the bytes both ways (kept float32)"),
+    "max-examples": Setting(
+        1_000_000,
+        "most examples a site's reply may count, its FedAvg weight: a reply claiming more is refused (replies.py)",
+    ),
     "round-timeout": Setting(
         1800.0, "seconds a round waits for replies, and for the quorum to be online", "nbfed_round_timeout"
     ),
     "results-dir": Setting("", "where the ServerApp writes the run's results (empty: $NBFED_RESULTS_ROOT/run-<id>)"),
     "resume": Setting(False, "continue the run in results-dir from its last checkpoint"),
+    "signature": Setting(
+        "", "the control node's signature over the app and its run config, which sites check (run.yml signs)"
+    ),
 }
 
 

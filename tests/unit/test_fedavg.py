@@ -78,6 +78,17 @@ def test_replies_with_other_keys_are_refused() -> None:
         StreamingFedAvg().aggregate_train(1, iter([reply(1, 10), reply(2, 10, shapes=((3, 4),))]))
 
 
+def test_a_metric_one_site_adds_does_not_end_the_round() -> None:
+    """Flower's FedAvg raises when the sites' metrics differ in keys: no site's metrics may decide
+    which the others' must have (each reply is checked on its own: replies.py)."""
+    extra = reply(2, 30)
+    extra.content["metrics"]["auc"] = 0.75
+    arrays, metrics = StreamingFedAvg().aggregate_train(1, iter([reply(1, 10), extra]))
+    assert arrays is not None and metrics["loss"] == pytest.approx(1.75) and "auc" in metrics
+    with pytest.raises(InconsistentMessageReplies):
+        FedAvg().aggregate_train(1, [reply(1, 10), extra])
+
+
 def test_float16_transfers_send_half_the_bytes_and_average_in_float32() -> None:
     strategy = StreamingFedAvg(transfer_dtype="float16")
     sent = reply(7, 1).content["arrays"]
