@@ -3,7 +3,8 @@ aggregator, three sites, and an intruder outside the inventory), images delivere
 archives: the federation completes, and the firewall, TLS, node authentication and the
 fleet-only proxy are checked from outside with real packets.
 
-The tests share one consortium and run in file order; the module removes every host.
+The tests share the session's consortium (conftest.py) and run in file order; the session
+removes every host.
 """
 
 from __future__ import annotations
@@ -11,91 +12,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-from harness import Hosts, Registry, group_vars, host_image
-
-from nbfed.synth import generate
+from consortium import CHECK_TLS, ROOT, ROUNDS, SITES, submitted_run
+from harness import Registry
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[2]
-SITES = ["site-a", "site-b", "site-c"]
-ROUNDS = 2
-CHECK_TLS = (
-    "import ssl,sys,urllib.request as r;"
-    "c=ssl.create_default_context(cafile=sys.argv[2]) if len(sys.argv)>2 else None;"
-    "print(r.urlopen(sys.argv[1],timeout=10,context=c).status)"
-)
-
-
-def ansible_playbook(*args: str, timeout: int = 1800) -> subprocess.CompletedProcess:
-    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    done = subprocess.run(
-        [str(Path(sys.executable).parent / "ansible-playbook"), *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    done.output = done.stdout + done.stderr  # type: ignore[attr-defined]
-    return done
-
-
-class Consortium:
-    def __init__(self, hosts: Hosts, root: Path, base_image: str) -> None:
-        self.hosts, self.root = hosts, root
-        self.control, self.results = root / "control", root / "results"
-        # SSH without -C (Ansible's default): the hosts share one machine's bridge, where
-        # compressing each 1 GB image archive on one core costs about 30 s and saves nothing.
-        self.group_vars = group_vars(
-            root,
-            base_image,
-            nbfed_notebook="notebook/template.ipynb",
-            nbfed_rounds=ROUNDS,
-            nbfed_min_sites=len(SITES),
-            nbfed_fraction_train=1.0,
-            nbfed_round_timeout=600,
-            ansible_ssh_args="-o ControlMaster=auto -o ControlPersist=60s",
-        )
-        self.inventory = hosts.write_inventory(root / "inventory", SITES, self.group_vars)
-
-    def playbook(self, playbook: str, *args: str, **kwargs) -> subprocess.CompletedProcess:
-        return ansible_playbook(playbook, "-i", str(self.inventory), *args, **kwargs)
-
-    def python(self, host: str, code: str, *args: str) -> subprocess.CompletedProcess:
-        return self.hosts.exec(host, "python3", "-c", code, *args, check=False, timeout=60)
-
-    @property
-    def fleet(self) -> str:
-        return f"{self.hosts.address['aggregator']}:8000"
-
-
-@pytest.fixture(scope="module")
-def consortium(tmp_path_factory, base_image, docker_engine):
-    root = tmp_path_factory.mktemp("e2e")
-    data = root / "data"
-    generate(data, scale=0.05)
-    with Hosts(["aggregator", *SITES, "intruder"], root, host_image(base_image)) as hosts:
-        for site in SITES:
-            hosts.copy_to(site, data / site, "/srv/nbfed/data")
-        yield Consortium(hosts, root, base_image)
-
-
-@pytest.fixture(scope="module")
-def deployed(consortium) -> subprocess.CompletedProcess:
-    done = consortium.playbook("deploy.yml")
-    assert done.returncode == 0, done.output[-20000:]
-    return done
-
 
 def test_federation_completes_and_results_reach_the_control_node(consortium, deployed) -> None:
-    [run] = [p for p in consortium.results.iterdir() if (p / "rounds.json").exists()]
+    run = consortium.results / submitted_run(deployed.output)
     rounds = json.loads((run / "rounds.json").read_text())
     assert [r["round"] for r in rounds] == list(range(1, ROUNDS + 1))
     assert all(sorted(r["evaluate"]) == SITES for r in rounds), rounds
@@ -169,6 +96,8 @@ def test_unregistered_supernode_is_refused(consortium, deployed) -> None:
         "docker",
         "run",
         "--rm",
+        "-e",
+        "NBFED_APP_TRUST=consortium",
         "-v",
         "/tmp/rogue:/keys:ro",
         "-v",
@@ -186,13 +115,17 @@ def test_unregistered_supernode_is_refused(consortium, deployed) -> None:
 
 def test_supernodes_run_unprivileged_with_no_port_and_read_only_data(consortium, deployed) -> None:
     for site in SITES:
-        name = f"nbfed-e2e-site-{site}-supernode-1"
-        info = json.loads(consortium.hosts.exec(site, "docker", "inspect", name).stdout)[0]
-        assert info["Config"]["User"] in ("10001:10001", "10001"), info["Config"]["User"]
-        assert not info["HostConfig"]["PortBindings"] and not info["NetworkSettings"]["Ports"]
-        assert info["HostConfig"]["ReadonlyRootfs"] is True and info["HostConfig"]["CapDrop"] == ["ALL"]
-        data = next(m for m in info["Mounts"] if m["Destination"] == "/data")
+        containers = {}
+        for service in ("supernode", "clientapp"):
+            name = f"nbfed-e2e-site-{site}-{service}-1"
+            info = containers[service] = json.loads(consortium.hosts.exec(site, "docker", "inspect", name).stdout)[0]
+            assert info["Config"]["User"] in ("10001:10001", "10001"), info["Config"]["User"]
+            assert not info["HostConfig"]["PortBindings"] and not info["NetworkSettings"]["Ports"]
+        # only the ClientApps see the data, read-only
+        assert not any(m["Destination"] == "/data" for m in containers["supernode"]["Mounts"])
+        data = next(m for m in containers["clientapp"]["Mounts"] if m["Destination"] == "/data")
         assert data["RW"] is False
+        name = f"nbfed-e2e-site-{site}-clientapp-1"
         write = consortium.hosts.exec(site, "docker", "exec", name, "touch", "/data/x", check=False)
         assert write.returncode != 0 and "Read-only file system" in write.stderr, write.stderr
 

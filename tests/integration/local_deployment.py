@@ -17,6 +17,8 @@ from nbfed.local import free_port
 from nbfed.synth import generate
 
 SITES = ("site-a", "site-b", "site-c")
+# Every container of the deployment: SuperLink and the proxy, and each site's SuperNode and ClientApps.
+CONTAINERS = 2 + 2 * len(SITES)
 
 
 class Deployment:

@@ -62,4 +62,4 @@ def test_deploy_benchmark_times_each_stage_and_the_edit_to_training(built_images
     assert {"Preflight", "Build", "Aggregator", "Sites", "Run"} <= set(warm["stages"]), warm["stages"]
     edit = results["notebook edit to training"]
     assert 0 < edit["round 1 sent to every site"]["median"] < edit["round 1 done"]["median"]
-    assert results["no-op redeploy"]["total"]["median"] > 0
+    assert "no-op redeploy" not in results  # the warm deploy without its run: left out of the smoke run

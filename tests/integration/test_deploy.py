@@ -16,7 +16,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from local_deployment import SITES, Deployment, assert_ok, task_result
+from local_deployment import CONTAINERS, SITES, Deployment, assert_ok, task_result
 from playbook import ROOT, assert_nothing_changed, tree
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -73,10 +73,10 @@ def test_deploy_completes_a_federation_and_shows_the_table(deployment, first_dep
     )
     for site in SITES:
         assert f"nbfed-{deployment.name}-site-{site}-supernode-1" in names, names
-        # every ClientApp was forked warm (nbfed/warm_supernode.py), none started cold
-        logs = subprocess.run(
-            ["docker", "logs", f"nbfed-{deployment.name}-site-{site}-supernode-1"], capture_output=True, text=True
-        )
+        # the notebook's code ran apart from the SuperNode, every ClientApp forked warm
+        # (nbfed/warm_supernode.py), none started cold
+        clientapp = f"nbfed-{deployment.name}-site-{site}-clientapp-1"
+        logs = subprocess.run(["docker", "logs", clientapp], capture_output=True, text=True)
         logs = logs.stdout + logs.stderr
         assert "ClientApp zygote ready" in logs and "cold flwr-clientapp" not in logs, logs[-3000:]
 
@@ -182,7 +182,7 @@ def test_teardown_then_deploy_keeps_results_state_and_keys(deployment, first_dep
     )
     assert tree(deployment.control / "pki") == pki
     assert tree(deployment.results) == results
-    assert len(deployment.containers()) == 2 + len(SITES)
+    assert len(deployment.containers()) == CONTAINERS
 
 
 def test_the_deploy_benchmark_reads_the_stages_of_a_real_deploy(deployment, first_deploy, monkeypatch) -> None:

@@ -96,7 +96,7 @@ def test_runs_as_uid_10001(built_images, docker_client, kind):
     ("kind", "entrypoint"),
     [
         ("aggregator", ["python", "-m", "nbfed.superlink_launcher"]),
-        ("site", ["python", "/opt/nbfed/warm_supernode.py"]),
+        ("site", ["python", "-m", "nbfed.warm_supernode"]),
     ],
 )
 def test_flower_version_inside(built_images, docker_client, kind, entrypoint):
@@ -334,6 +334,7 @@ def test_supernode_connects_through_the_proxy(built_images, container_factory, d
     supernode = container_factory(
         built_images["site"].ref,
         ["--superlink", "proxy:8000", "--root-certificates", "/certs/ca.crt"],
+        environment={"NBFED_APP_TRUST": "any"},  # the link is under test, not the site's trust
         volumes=certs,
         network=net.name,
         read_only=True,

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from local_deployment import SITES, Deployment, assert_ok, wait_for_event
+from local_deployment import CONTAINERS, SITES, Deployment, assert_ok, wait_for_event
 from playbook import tree
 
 from nbfed.warm_supernode import DEFAULT_HEARTBEAT_INTERVAL
@@ -46,7 +46,7 @@ ROUNDS = 8
 
 @pytest.fixture(scope="module")
 def deployment(local_deployment) -> Deployment:
-    if len(local_deployment.containers()) < 2 + len(SITES):
+    if len(local_deployment.containers()) < CONTAINERS:
         assert_ok(local_deployment.playbook("deploy.yml", "--skip-tags", "run", timeout=1500))
     return local_deployment
 
@@ -65,17 +65,20 @@ def crash(container: str) -> None:
     subprocess.run(["kill", "-9", pid], check=True)
 
 
+RAW_DROPS = [("PREROUTING", "-s"), ("PREROUTING", "-d"), ("OUTPUT", "-d")]  # both ways, on every network
+
+
 @contextmanager
 def cut_off(container: str) -> Iterator[None]:
     """Drop every packet to and from the container on its host (iptables raw table), then restore."""
-    address = docker("inspect", "--format", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", container)
-    rules = [("PREROUTING", "-s"), ("PREROUTING", "-d"), ("OUTPUT", "-d")]
-    for chain, side in rules:
+    addresses = docker("inspect", "--format", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}", container)
+    rules = [(chain, side, address) for address in addresses.split() for chain, side in RAW_DROPS]
+    for chain, side, address in rules:
         subprocess.run(["iptables", "-t", "raw", "-I", chain, side, address, "-j", "DROP"], check=True)
     try:
         yield
     finally:
-        for chain, side in rules:
+        for chain, side, address in rules:
             subprocess.run(["iptables", "-t", "raw", "-D", chain, side, address, "-j", "DROP"], check=True)
 
 
@@ -161,9 +164,10 @@ def test_a_full_results_volume_fails_the_run_keeps_the_last_checkpoint_and_the_r
     run = "diskfull"
     results = deployment.aggregator_results(run)
     results.mkdir(parents=True)
-    # Room for the app, the records and one checkpoint, not for the next one beside it.
+    # Room for the app (its signed FAB too), the records and one checkpoint (about 100 kB), not
+    # for the next one beside it.
     subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=256k,uid=10001,gid=10001,mode=0755", "tmpfs", str(results)], check=True
+        ["mount", "-t", "tmpfs", "-o", "size=320k,uid=10001,gid=10001,mode=0755", "tmpfs", str(results)], check=True
     )
     try:
         docker("restart", f"nbfed-{deployment.name}-aggregator-superlink-1")  # SuperLink sees the new mount
@@ -231,4 +235,4 @@ def test_an_unconfirmed_purge_removes_nothing(deployment) -> None:
     assert done.returncode != 0
     assert "Purge not confirmed; nothing was removed" in " ".join(done.output.split())
     assert (tree(deployment.control), tree(deployment.host_dir("local-aggregator") / "aggregator" / "results")) == kept
-    assert len(deployment.containers()) == 2 + len(SITES)
+    assert len(deployment.containers()) == CONTAINERS
