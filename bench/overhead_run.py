@@ -34,6 +34,7 @@ class BenchApp:
     label: str
     transfers: int  # model copies a round sends per node: training down and up, evaluation down
     warm: bool  # nbfed's SuperNodes (warm ClientApps, short polls), else Flower's own
+    isolated: bool = False  # the ClientApps from a SuperExec apart from the SuperNode, as at a site
     overrides: dict = field(default_factory=dict)
     flower_fedavg: bool = False  # a strategy cell returning Flower's FedAvg
     value_bytes: int = 4  # bytes per parameter on the wire
@@ -43,6 +44,9 @@ APPS = {
     "raw": BenchApp("raw Flower", 2, warm=False),
     "nbfed": BenchApp("nbfed", 3, warm=True),
     "nbfed-train": BenchApp("nbfed, train only", 2, warm=True, overrides=TRAIN_ONLY),
+    "nbfed-train-isolated": BenchApp(
+        "nbfed, train only, ClientApps apart (process isolation)", 2, warm=True, isolated=True, overrides=TRAIN_ONLY
+    ),
     "nbfed-train-flower-supernode": BenchApp(
         "nbfed, train only, Flower's SuperNode", 2, warm=False, overrides=TRAIN_ONLY
     ),
@@ -81,7 +85,7 @@ class FlowerWatch(ProcessWatch):
             command = cmdline(pid)
             if b"flwr-serverapp" in command:
                 self.serverapp_kib = max(self.serverapp_kib, table[pid][1])
-            elif (b"flwr-clientapp" in command and b"/nbfed-supernode-" not in command) or (
+            elif (b"flwr-clientapp" in command and b"/nbfed-clientapps-" not in command) or (
                 b"--zygote" in command and b"--zygote" in cmdline(table[pid][0])
             ):
                 # Flower's own ClientApp process, or one nbfed's zygote forked (not the
@@ -228,7 +232,9 @@ def run_nbfed(
 def run_once(app: str, nodes: int, work: Path, args) -> dict:
     """A fresh federation, one run of `app` on it, its round times, peak memory and ClientApp processes."""
     sites = make_sites(work / "data", nodes)
-    fed = BenchFederation(sites=sites, logs=work / "logs", flwr_home=work / "flwr", warm=APPS[app].warm)
+    fed = BenchFederation(
+        sites=sites, logs=work / "logs", flwr_home=work / "flwr", warm=APPS[app].warm, isolated=APPS[app].isolated
+    )
     with ExitStack() as stack:
         stack.callback(fed.stop)
         t0 = time.time()

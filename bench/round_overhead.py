@@ -20,6 +20,9 @@ Each repetition runs every app in turn.
               evaluates at every site each round; the round's checkpoint is saved after it.
               Round: duration_s in rounds.json (configure_train to the end of evaluation).
   nbfed-train the same with `nbfed.fraction-evaluate = 0`: training only, as the anchor does.
+  nbfed-train-isolated
+              nbfed-train with each site's ClientApps started by a SuperExec process of its own
+              (Flower's process isolation, as the site stack's `clientapp` container runs them).
   nbfed-train-flower-supernode
               nbfed-train on Flower's own SuperNodes: what nbfed's ServerApp alone changes.
   nbfed-train-float16
