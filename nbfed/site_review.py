@@ -1,6 +1,7 @@
 """`nbfed review | approve | revoke | audit` on a site host: the site's operator decides what runs.
 
-    nbfed review              the apps that reached this site and wait for a decision
+    nbfed review              the apps that reached this site: pending (they wait for a
+                              decision), signed, refused, approved or revoked
     nbfed review APP          one app: its notebook's cells, requirements, settings and the
                               diff against the last app this site approved
     nbfed approve APP         sign APP with this site's approver key: its runs go on
@@ -50,9 +51,21 @@ class Operator:
         return {p.stem: json.loads(p.read_text()) for p in paths}
 
     def state(self, app: str) -> str:
+        """revoked or approved (the operator's decisions), else what the SuperNode decided when
+        the app last came: pending (it waits for a decision), signed (a trusted key signed it)
+        or refused."""
         if (self.trust.revoked / f"{app}.json").exists():
             return "revoked"
-        return "approved" if (self.trust.approvals / f"{app}.json").exists() else "pending"
+        if (self.trust.approvals / f"{app}.json").exists():
+            return "approved"
+        last = self.last_verdicts().get(app, {"waiting": True})
+        return "pending" if last.get("waiting") else "signed" if last.get("accepted") else "refused"
+
+    def last_verdicts(self) -> dict[str, dict]:
+        """The SuperNode's last decision on each app (received/verdicts.jsonl)."""
+        log = self.trust.received / "verdicts.jsonl"
+        lines = log.read_text().splitlines() if log.exists() else []
+        return {line["app"]: line for line in map(json.loads, lines)}
 
     def find(self, prefix: str) -> str:
         matches = [app for app in self.received() if app.startswith(prefix.lower())]

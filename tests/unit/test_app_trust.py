@@ -121,6 +121,26 @@ def test_manual_approval_waits_then_approve_lets_it_run_and_revoke_stops_it(sign
         operator.find("ffff")
 
 
+def test_the_listing_says_what_became_of_each_app_and_counts_only_those_that_wait(signed, tmp_path) -> None:
+    """An app a trusted key signed ran: it waits for nothing when the site turns to manual
+    review, and the app that came since is the one pending."""
+    root, run, _ = signed
+    ran = site(tmp_path, "consortium", root / "signing.key")
+    fab, fab_hash, config = as_sent(run)
+    ran.record(ran.verdict(fab, fab_hash, config), fab, 1, "site-b")
+    ran.record(ran.verdict(fab, fab_hash, {**config, "num_rounds": 50}), fab, 2, "site-b")  # the signature is not over it
+    waits = SiteTrust(ran.root, "manual")  # the same site, now reviewing every app itself
+    unsigned = {k: v for k, v in config.items() if k != "nbfed.signature"}
+    verdict = waits.verdict(fab, fab_hash, {**unsigned, "num_rounds": 1})
+    waits.record(verdict, fab, 3, "site-b")
+
+    rows = listing(Operator(waits, "dr-who")).splitlines()
+    assert rows[0].startswith("1 app(s) wait for a decision"), rows
+    states = {row.split()[0]: row.split()[1] for row in rows[1:]}
+    assert states[verdict.statement.app_id] == "pending", rows
+    assert sorted(states.values()) == ["pending", "refused", "signed"], rows
+
+
 def test_an_approval_of_one_config_does_not_cover_another(signed, tmp_path) -> None:
     root, run, statement = signed
     trust = site(tmp_path, "manual", keypair(tmp_path / "trust-approver.key"))
