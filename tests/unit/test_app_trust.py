@@ -128,7 +128,8 @@ def test_the_listing_says_what_became_of_each_app_and_counts_only_those_that_wai
     ran = site(tmp_path, "consortium", root / "signing.key")
     fab, fab_hash, config = as_sent(run)
     ran.record(ran.verdict(fab, fab_hash, config), fab, 1, "site-b")
-    ran.record(ran.verdict(fab, fab_hash, {**config, "num_rounds": 50}), fab, 2, "site-b")  # the signature is not over it
+    changed = {**config, "num_rounds": 50}  # the signature is not over it
+    ran.record(ran.verdict(fab, fab_hash, changed), fab, 2, "site-b")
     waits = SiteTrust(ran.root, "manual")  # the same site, now reviewing every app itself
     unsigned = {k: v for k, v in config.items() if k != "nbfed.signature"}
     verdict = waits.verdict(fab, fab_hash, {**unsigned, "num_rounds": 1})
