@@ -26,7 +26,7 @@ from rich.console import Console
 from nbfed.convert import App, toml_value
 from nbfed.flower_app.settings import majority
 from nbfed.submit import default_results_dir, prepare_run
-from nbfed.superlink import BIN, RunFailed, SuperLinkClient, follow
+from nbfed.superlink import BIN, FLOWER_OFFLINE, RunFailed, SuperLinkClient, follow
 
 
 def find_sites(data_dir: Path) -> dict[str, Path]:
@@ -85,7 +85,7 @@ class LocalFederation:
 
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
         env = {
-            "FLWR_TELEMETRY_ENABLED": "0",
+            **FLOWER_OFFLINE,
             **os.environ,
             "FLWR_HOME": str(self.flwr_home),
             "PYTHONUNBUFFERED": "1",

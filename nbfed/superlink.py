@@ -36,6 +36,9 @@ def _flower_bin() -> Path:
 
 
 BIN = _flower_bin()
+# Flower's processes, as nbfed starts them, call nowhere: no telemetry, no update check (both
+# would reach Flower's servers at every start). The images set the same in their ENV.
+FLOWER_OFFLINE = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
 CONNECTION = "nbfed"
 
 
@@ -69,7 +72,7 @@ class SuperLinkClient:
     def _env(self) -> dict[str, str]:
         """Flower's CLI with this client's FLWR_HOME, and nothing of the caller's but PYTHONPATH."""
         env = {
-            "FLWR_TELEMETRY_ENABLED": "0",
+            **FLOWER_OFFLINE,
             "FLWR_HOME": str(self.home),
             "PATH": f"{BIN}:/usr/bin:/bin",
             "HOME": str(self.home),

@@ -6,8 +6,10 @@ find them by content tag and build nothing.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -108,6 +110,33 @@ def test_flower_version_inside(built_images, docker_client, kind, entrypoint):
 @pytest.mark.parametrize("kind", ["aggregator", "site"])
 def test_flower_telemetry_is_off(built_images, docker_client, kind):
     assert "FLWR_TELEMETRY_ENABLED=0" in docker_client.api.inspect_image(built_images[kind].ref)["Config"]["Env"]
+
+
+@pytest.mark.parametrize("kind", ["aggregator", "site"])
+def test_flower_checks_for_no_update(built_images, docker_client, kind):
+    """Flower's processes ask Flower's servers for updates at every start unless told not to:
+    with every HTTPS request of the container sent to a listener here (HTTPS_PROXY), a Flower
+    process started from the image makes none, and with the check turned back on it does."""
+    with socket.create_server(("0.0.0.0", 0)) as listener:
+        listener.settimeout(0.5)
+        proxy = {"HTTPS_PROXY": f"http://host.docker.internal:{listener.getsockname()[1]}"}
+
+        def requests_seen(**env: str) -> list[bytes]:
+            docker_client.containers.run(
+                built_images[kind].ref, ["--help"], entrypoint="flower-superexec", environment={**proxy, **env},
+                extra_hosts={"host.docker.internal": "host-gateway"}, remove=True,
+            )  # fmt: skip
+            seen = []
+            with contextlib.suppress(TimeoutError):
+                while True:
+                    connection, _ = listener.accept()
+                    with connection:
+                        seen.append(connection.recv(200))
+            return seen
+
+        assert requests_seen() == []
+        [asked] = requests_seen(FLWR_DISABLE_UPDATE_CHECK="0")  # the listener sees what a check sends
+        assert asked.startswith(b"CONNECT "), asked
 
 
 @pytest.mark.parametrize("kind", ["aggregator", "site"])
