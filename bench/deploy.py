@@ -15,8 +15,9 @@ synthetic data at a small scale, and measures, --runs times each:
 
 The first deploy of the session (cold if the images are missing) is recorded too. Stage
 times come from Ansible's profile_tasks callback (ansible.cfg). Medians and ranges go to
---out with the machine; a table is printed. --smoke: one run of each but the no-op, one
-round, to keep the script working in CI, not to measure.
+--out with the machine; a table is printed. --smoke: the first deploy and one notebook edit,
+one round, to keep the script working in CI, not to measure (the tests run it --on their own
+running deployment).
 """
 
 from __future__ import annotations
@@ -102,54 +103,68 @@ def first_event(results: Path, kind: str) -> float:
     raise ValueError(f"no {kind} event in {results}")
 
 
+def deploy_measures(deploys: list[tuple[float, str]]) -> dict:
+    """Total, time until the run is submitted, and each stage, over (seconds, output) pairs."""
+    each = [stages(out, took) for took, out in deploys]
+    return {
+        "total": summary([took for took, _ in deploys]),
+        "reaches training": summary([until(out, "TASK [run : Submit run") for _, out in deploys]),
+        "stages": {k: summary([s[k] for s in each]) for k in each[0]},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "deploy.json")
     parser.add_argument(
-        "--smoke", action="store_true", help="one run of each but the no-op, one round: keeps the script working"
+        "--smoke", action="store_true", help="the first deploy and one edit, one round: keeps the script working"
     )
     parser.add_argument("--keep", action="store_true", help="leave the bench deployment running")
+    parser.add_argument(
+        "--on",
+        type=json.loads,
+        metavar="VARS",
+        help="the extra vars (JSON) of a running deployment of inventory/local to use, left running, "
+        "instead of a `bench` deployment of its own (the tests' smoke run)",
+    )
     args = parser.parse_args()
     runs = 1 if args.smoke else args.runs
 
     work = Path(tempfile.mkdtemp(prefix="nbfed-bench-"))
-    subprocess.run(
-        [str(BIN / "nbfed"), "synth-data", "-o", str(work / "data"), "--scale", "0.05"], check=True, capture_output=True
-    )
-    extra = {
-        "nbfed_deployment": DEPLOYMENT,
-        "nbfed_local_data": str(work / "data"),
-        "nbfed_results_dir": str(work / "results"),
-        "nbfed_rounds": 1 if args.smoke else 2,
-        "aggregator_port": free_port(),
-        "aggregator_control_port": free_port(),
-    }
-    aggregator_results = ROOT / ".nbfed" / DEPLOYMENT / "hosts" / "local-aggregator" / "aggregator" / "results"
+    if args.on:
+        extra = dict(args.on)
+    else:
+        subprocess.run(
+            [str(BIN / "nbfed"), "synth-data", "-o", str(work / "data"), "--scale", "0.05"],
+            check=True,
+            capture_output=True,
+        )
+        extra = {
+            "nbfed_deployment": DEPLOYMENT,
+            "nbfed_local_data": str(work / "data"),
+            "nbfed_results_dir": str(work / "results"),
+            "aggregator_port": free_port(),
+            "aggregator_control_port": free_port(),
+        }
+    extra["nbfed_rounds"] = 1 if args.smoke else 2
+    control = Path(extra.get("nbfed_control_dir", ROOT / ".nbfed" / extra["nbfed_deployment"]))
+    aggregator_results = control / "hosts" / "local-aggregator" / "aggregator" / "results"
     measured: dict[str, dict] = {}
     try:
         with console.status("first deploy (builds the images if they are missing)"):
-            took, out = playbook("deploy.yml", extra)
-        measured["first deploy"] = {"total": summary([took]), "stages": stages(out, took)}
+            first = playbook("deploy.yml", extra)
+        measured["first deploy"] = deploy_measures([first])
 
-        warm, warm_submit, warm_stages = [], [], []
-        for n in range(runs):
+        # The warm deploy and the no-op go through the code of the first: the smoke run leaves them out.
+        warm, noop = [], []
+        for n in range(0 if args.smoke else runs):
             with console.status(f"warm deploy {n + 1}/{runs}"):
-                took, out = playbook("deploy.yml", extra)
-            warm.append(took)
-            warm_submit.append(until(out, "TASK [run : Submit run"))
-            warm_stages.append(stages(out, took))
-        measured["warm deploy"] = {
-            "total": summary(warm),
-            "reaches training": summary(warm_submit),
-            "stages": {k: summary([s[k] for s in warm_stages]) for k in warm_stages[0]},
-        }
-
-        noop = []
-        for n in range(0 if args.smoke else runs):  # the warm deploy without its run: nothing new to keep working
+                warm.append(playbook("deploy.yml", extra))
             with console.status(f"no-op redeploy {n + 1}/{runs}"):
                 noop.append(playbook("deploy.yml", extra, "--skip-tags", "run")[0])
-        if noop:
+        if warm:
+            measured["warm deploy"] = deploy_measures(warm)
             measured["no-op redeploy"] = {"total": summary(noop)}
 
         notebook = nbformat.read(ROOT / "notebook" / "template.ipynb", as_version=4)
@@ -177,7 +192,7 @@ def main() -> None:
             "round 1 done": summary(to_done),
         }
     finally:
-        if not args.keep:
+        if not (args.keep or args.on):
             playbook("playbooks/teardown.yml", {**extra, "teardown_purge": True, "teardown_purge_confirmed": True})
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -190,8 +205,9 @@ def main() -> None:
         for key, value in values.items():
             if key != "stages":
                 table.add_row(f"{what}: {key}", f"{value['median']:.1f}", f"{value['min']:.1f}-{value['max']:.1f}")
-    stage_table = Table("stage (warm deploy)", "median s", title="deploy.yml stages")
-    for stage, value in measured["warm deploy"]["stages"].items():
+    shown = "warm deploy" if "warm deploy" in measured else "first deploy"
+    stage_table = Table(f"stage ({shown})", "median s", title="deploy.yml stages")
+    for stage, value in measured[shown]["stages"].items():
         stage_table.add_row(stage, f"{value['median']:.1f}")
     console.print(table, stage_table)
     console.print(f"results in {args.out}")

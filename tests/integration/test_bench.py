@@ -1,4 +1,5 @@
-"""Smoke runs of the benchmarks in bench/: they keep working; they measure nothing here."""
+"""Smoke runs of the benchmarks in bench/: they keep working; they measure nothing here.
+(bench/deploy.py's runs in test_deploy, on that module's running deployment.)"""
 
 from __future__ import annotations
 
@@ -50,16 +51,3 @@ def test_template_rounds_benchmark_splits_a_round_into_site_work_and_overhead(tm
     assert 0 < round_["slowest_train_s"] + round_["slowest_evaluate_s"] < round_["duration_s"]
     assert 0 < round_["overhead_s"] < round_["duration_s"]
     assert round_["bytes_moved"] == 9 * round_["model_bytes"] > 0  # 3 sites: down, up, down
-
-
-@pytest.mark.docker
-@pytest.mark.slow
-def test_deploy_benchmark_times_each_stage_and_the_edit_to_training(built_images, docker_engine, tmp_path) -> None:
-    """inventory/local as the deployment `bench` (its own ports and directories), torn down after."""
-    results = smoke("deploy.py", tmp_path / "deploy.json", timeout=900)["results"]
-    warm = results["warm deploy"]
-    assert 0 < warm["reaches training"]["median"] < warm["total"]["median"]
-    assert {"Preflight", "Build", "Aggregator", "Sites", "Run"} <= set(warm["stages"]), warm["stages"]
-    edit = results["notebook edit to training"]
-    assert 0 < edit["round 1 sent to every site"]["median"] < edit["round 1 done"]["median"]
-    assert "no-op redeploy" not in results  # the warm deploy without its run: left out of the smoke run

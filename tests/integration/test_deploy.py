@@ -13,6 +13,7 @@ import importlib.util
 import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -25,9 +26,9 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow]
 ROUNDS = 2  # local_deployment's nbfed_rounds
 
 
-def assert_run_completed(run: Path) -> None:
+def assert_run_completed(run: Path, rounds_asked: int = ROUNDS) -> None:
     rounds = json.loads((run / "rounds.json").read_text())
-    assert [r["round"] for r in rounds] == list(range(1, ROUNDS + 1)), rounds
+    assert [r["round"] for r in rounds] == list(range(1, rounds_asked + 1)), rounds
     for r in rounds:
         assert sorted(r["train"]) == sorted(r["evaluate"]) == list(SITES), r
         assert 0.5 <= r["pooled"]["accuracy"] <= 1.0, r["pooled"]
@@ -118,7 +119,7 @@ def test_run_after_a_code_only_edit_builds_nothing_and_runs_the_new_code(
     images = {i.id for i in docker_client.images.list()}
     stacks = started(deployment)
 
-    done = deployment.playbook("playbooks/run.yml", timeout=1200, nbfed_notebook=str(edited))
+    done = deployment.playbook("playbooks/run.yml", timeout=1200, nbfed_notebook=str(edited), nbfed_rounds=1)
     hosts = assert_ok(done)
 
     assert task_result(done.output, "images : Build the images (cached by content)", "localhost") == "ok"
@@ -132,7 +133,7 @@ def test_run_after_a_code_only_edit_builds_nothing_and_runs_the_new_code(
         )
         assert f"TASK [{role} : Create the stack's directories]" not in done.output, done.output[-5000:]
     first, second = deployment.runs()
-    assert_run_completed(second)
+    assert_run_completed(second, rounds_asked=1)
     assert "EDITED_BY_TEST" in "".join(p.read_text() for p in (second / "app").rglob("task.py"))
     assert "EDITED_BY_TEST" not in "".join(p.read_text() for p in (first / "app").rglob("task.py"))
 
@@ -142,7 +143,7 @@ def test_run_brings_back_a_stack_that_is_down(deployment, first_deploy) -> None:
     subprocess.run(["docker", "stop", deployment.container("site-c")], check=True, capture_output=True)
     before = started(deployment)
 
-    done = deployment.playbook("playbooks/run.yml", timeout=1200)
+    done = deployment.playbook("playbooks/run.yml", timeout=1200, nbfed_rounds=1)
     assert_ok(done)
 
     assert task_result(done.output, "site : Start the SuperNode and wait until it is healthy", "site-c") == "changed"
@@ -151,7 +152,7 @@ def test_run_brings_back_a_stack_that_is_down(deployment, first_deploy) -> None:
     assert {k: v for k, v in after.items() if "site-c" not in k} == {
         k: v for k, v in before.items() if "site-c" not in k
     }
-    assert_run_completed(deployment.runs()[-1])
+    assert_run_completed(deployment.runs()[-1], rounds_asked=1)
 
 
 def test_teardown_then_deploy_keeps_results_state_and_keys(deployment, first_deploy) -> None:
@@ -197,3 +198,24 @@ def test_the_deploy_benchmark_reads_the_stages_of_a_real_deploy(deployment, firs
     assert list(stages)[:3] == ["Preflight", "Build", "PKI"] and list(stages)[-1] == "Run", stages
     assert abs(sum(stages.values()) - total) < 1 and all(t >= 0 for t in stages.values()), stages
     assert 0 < bench.until(first_deploy.output, "TASK [run : Submit run") < total
+
+
+def test_the_deploy_benchmark_times_a_deploy_and_an_edit_to_training(deployment, first_deploy, tmp_path) -> None:
+    """bench/deploy.py --smoke on this running deployment (left running): keep the script working."""
+    out = tmp_path / "deploy.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "deploy.py"), "--smoke", "--out", str(out)]
+        + ["--on", json.dumps(deployment.extra)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    results = json.loads(out.read_text())["results"]
+    deploy = results["first deploy"]
+    assert 0 < deploy["reaches training"]["median"] < deploy["total"]["median"]
+    assert {"Preflight", "Build", "Aggregator", "Sites", "Run"} <= set(deploy["stages"]), deploy["stages"]
+    edit = results["notebook edit to training"]
+    assert 0 < edit["round 1 sent to every site"]["median"] < edit["round 1 done"]["median"]
+    assert "warm deploy" not in results and "no-op redeploy" not in results  # the first deploy's code again
+    assert len(deployment.containers()) == CONTAINERS
