@@ -13,7 +13,7 @@ from harness import Hosts, group_vars
 
 ROOT = Path(__file__).resolve().parents[2]
 SITES = ["site-a", "site-b", "site-c"]
-ROUNDS = 2
+ROUNDS = 1  # several rounds are the integration tier's (tests/integration/test_reliability.py)
 AGGREGATOR_DIR = "/opt/nbfed/aggregator"  # nbfed_home is /opt/nbfed on every host
 SITE_DIR = "/opt/nbfed/site"
 CHECK_TLS = (

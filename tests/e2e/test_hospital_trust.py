@@ -134,9 +134,7 @@ def test_a_site_that_reviews_apps_holds_the_run_until_its_operator_approves(cons
     try:
         done = consortium.playbook("playbooks/sites.yml", "--limit", "site-c,aggregator")
         assert done.returncode == 0, done.output[-5000:]
-        run = consortium.start_playbook(
-            "playbooks/submit.yml", "-e", "nbfed_rounds=1"
-        )  # the run stage, as run.yml ends
+        run = consortium.start_playbook("playbooks/submit.yml")  # the run stage, as run.yml ends
         review = f"{SITE_DIR}/nbfed"
         deadline = time.monotonic() + 180
         while "pending" not in (listed := hosts.exec("site-c", review, "review", check=False).stdout):
@@ -177,7 +175,7 @@ def test_the_notebooks_code_is_boxed_in_while_it_trains(consortium, deployed) ->
     notebook = hostile_notebook(
         consortium.root / "hostile.ipynb", hosts.address["intruder"], hosts.address["aggregator"]
     )
-    done = consortium.playbook("playbooks/submit.yml", "-e", f"nbfed_notebook={notebook}", "-e", "nbfed_rounds=1")
+    done = consortium.playbook("playbooks/submit.yml", "-e", f"nbfed_notebook={notebook}")
     assert done.returncode == 0, done.output[-5000:]
     [round_1] = json.loads((consortium.results / submitted_run(done.output) / "rounds.json").read_text())
     for site in SITES:
