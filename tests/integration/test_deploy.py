@@ -55,7 +55,7 @@ def deployment(local_deployment) -> Deployment:
 
 @pytest.fixture(scope="module")
 def first_deploy(deployment) -> subprocess.CompletedProcess:
-    return deployment.playbook("deploy.yml", timeout=1500)
+    return deployment.playbook("deploy.yml", "--diff", timeout=1500)  # as a cautious operator runs it
 
 
 def test_deploy_completes_a_federation_and_shows_the_table(deployment, first_deploy) -> None:
@@ -67,6 +67,8 @@ def test_deploy_completes_a_federation_and_shows_the_table(deployment, first_dep
         assert f"round {n}/{ROUNDS}:" in said, said[-5000:]
     for metric in ("Sensitivity", "Specificity", "F1 score", "Accuracy"):
         assert metric in said.rsplit("TASK [run : Show the results]", 1)[1], said[-5000:]
+    # --diff shows every file the deploy wrote, but no key: SuperLink's TLS key was copied too.
+    assert "PRIVATE KEY" not in said and "+++ after" in said
     # Every stack runs, each site as its own compose project, every container healthy.
     names = deployment.containers()
     assert (
