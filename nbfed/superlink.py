@@ -25,6 +25,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from nbfed.superlink_launcher import BOOT_FILE
+
 
 def _flower_bin() -> Path:
     """Where flwr, flower-superlink & co. live: beside this interpreter (a venv, an image), else
@@ -161,6 +163,14 @@ def connect(address: str, root_certificates: Path | None = None) -> Iterator[Sup
         yield SuperLinkClient(address, Path(home), root_certificates)
 
 
+def superlink_boot(results_root: Path) -> str | None:
+    """The id SuperLink's launcher wrote at its last start (None: no launcher writes one)."""
+    try:
+        return (results_root / BOOT_FILE).read_text().strip() or None
+    except OSError:
+        return None
+
+
 def read_events(path: Path, offset: int) -> tuple[list[dict[str, Any]], int]:
     """New complete lines of the events file since `offset`."""
     if not path.exists():
@@ -218,7 +228,8 @@ def follow(
     completing (ServerAppLost when its ServerApp vanished), a local process died
     (`check_alive`), or `timeout` passes.
     """
-    deadline, last_status_check, last_health_check, superlink_down = time.monotonic() + timeout, 0.0, 0.0, False
+    deadline, last_status_check, last_boot_check = time.monotonic() + timeout, 0.0, 0.0
+    boot = superlink_boot(results.parent)
     columns = (
         TextColumn("[bold]federation"),
         BarColumn(),
@@ -244,13 +255,12 @@ def follow(
             now = time.monotonic()
             if now > deadline:
                 raise RunFailed(f"the run did not finish within {timeout:.0f} s")
-            if now - last_health_check > 1:
-                last_health_check = now
-                if not client.reachable():
-                    superlink_down = True
-                elif superlink_down:
-                    # SuperLink is back, but the ServerApp (its child process) did not survive;
-                    # Flower would notice only when its heartbeat lapses, a minute later.
+            if boot is not None and now - last_boot_check > 1:
+                last_boot_check = now
+                # SuperLink started again under the run and is back: its ServerApp (a child
+                # process) did not survive, which Flower would notice only when its heartbeat
+                # lapses, a minute later. (A slow answer alone proves nothing on a busy machine.)
+                if superlink_boot(results.parent) != boot and client.reachable():
                     client.stop(run_id)
                     raise ServerAppLost(f"SuperLink restarted under run {run_id}; its ServerApp went with it")
             if now - last_status_check > 5:

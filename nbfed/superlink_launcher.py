@@ -9,12 +9,21 @@ round sent then (a resumed run's, at once) leaves out sites that were alive but 
 come back. This launcher marks every remembered node offline, through Flower's own state API,
 before SuperLink starts: a site counts as online only once it has sent this SuperLink a
 heartbeat, and a SuperNode that crashed meanwhile may activate its key again at once.
+
+It also writes a new id to `$NBFED_RESULTS_ROOT/.superlink-boot` at every start: the runner,
+which shares that directory, tells a SuperLink that restarted under a run (its ServerApp died
+with it) from one that was only slow to answer (nbfed.superlink.follow).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import uuid
+from pathlib import Path
+
+# A new id in this file of the results root at every start (write_boot_id).
+BOOT_FILE = ".superlink-boot"
 
 
 def database_path(argv: list[str]) -> str | None:
@@ -39,7 +48,20 @@ def mark_nodes_offline(database: str) -> list[int]:
     return [node_id for node_id in online if state.deactivate_node(node_id)]
 
 
+def write_boot_id(results_root: Path) -> None:
+    """A new id in the results root at every start: the runner, which shares that directory,
+    tells a SuperLink that restarted under a run from one that was only slow to answer."""
+    try:
+        partial = results_root / f"{BOOT_FILE}.partial"
+        partial.write_text(uuid.uuid4().hex + "\n")
+        partial.replace(results_root / BOOT_FILE)
+    except OSError as e:
+        print(f"nbfed-superlink: no boot id in {results_root} ({e})", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str]) -> None:
+    if results_root := os.environ.get("NBFED_RESULTS_ROOT"):
+        write_boot_id(Path(results_root))
     database = database_path(argv)
     if database and not database.startswith(":") and os.path.exists(database):
         marked = mark_nodes_offline(database)
