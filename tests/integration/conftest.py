@@ -7,8 +7,11 @@ tree (wheelhouse, rootfs), so a second test session rebuilds nothing.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,6 +22,18 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 BUILD_DIR = Path(os.environ.get("NBFED_TEST_BUILD_DIR", ROOT / "build"))
 TEMPLATE = ROOT / "notebook" / "template.ipynb"
+
+
+def smoke(script: str, out, *args: str, timeout: float = 600) -> dict:
+    """Run bench/<script> --smoke writing to `out`; its results."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), "--smoke", "--out", str(out), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return json.loads(out.read_text())
 
 
 def template_requirements() -> list[str]:

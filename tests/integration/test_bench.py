@@ -3,24 +3,8 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pytest
-from conftest import ROOT
-
-
-def smoke(script: str, out, *args: str, timeout: float = 600) -> dict:
-    """Run bench/<script> --smoke writing to `out`; its results."""
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / script), "--smoke", "--out", str(out), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return json.loads(out.read_text())
+from conftest import smoke
 
 
 @pytest.mark.docker

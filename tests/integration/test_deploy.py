@@ -13,11 +13,11 @@ import importlib.util
 import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import nbformat
 import pytest
+from conftest import smoke
 from local_deployment import CONTAINERS, SITES, Deployment, assert_ok, task_result
 from playbook import ROOT, assert_nothing_changed, tree
 
@@ -204,16 +204,7 @@ def test_the_deploy_benchmark_reads_the_stages_of_a_real_deploy(deployment, firs
 
 def test_the_deploy_benchmark_times_a_deploy_and_an_edit_to_training(deployment, first_deploy, tmp_path) -> None:
     """bench/deploy.py --smoke on this running deployment (left running): keep the script working."""
-    out = tmp_path / "deploy.json"
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "deploy.py"), "--smoke", "--out", str(out)]
-        + ["--on", json.dumps(deployment.extra)],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    results = json.loads(out.read_text())["results"]
+    results = smoke("deploy.py", tmp_path / "deploy.json", "--on", json.dumps(deployment.extra), timeout=900)["results"]
     deploy = results["first deploy"]
     assert 0 < deploy["reaches training"]["median"] < deploy["total"]["median"]
     assert {"Preflight", "Build", "Aggregator", "Sites", "Run"} <= set(deploy["stages"]), deploy["stages"]
