@@ -17,7 +17,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import smoke
+from conftest import smoke, wait_for
 from local_deployment import CONTAINERS, SITES, Deployment, assert_ok, task_result
 from playbook import ROOT, assert_nothing_changed, tree
 
@@ -140,9 +140,19 @@ def test_run_after_a_code_only_edit_builds_nothing_and_runs_the_new_code(
     assert "EDITED_BY_TEST" not in "".join(p.read_text() for p in (first / "app").rglob("task.py"))
 
 
+def health(container: str) -> str:
+    done = subprocess.run(
+        ["docker", "inspect", "--format", "{{.State.Health.Status}}", container], capture_output=True, text=True
+    )
+    return done.stdout.strip()
+
+
 def test_run_brings_back_a_stack_that_is_down(deployment, first_deploy) -> None:
-    """run.yml leaves current stacks alone, but not one that is down: that one is deployed."""
+    """run.yml leaves current stacks alone, but not one that is down: that one is deployed,
+    its ClientApp container too, which turned unhealthy without its SuperNode."""
     subprocess.run(["docker", "stop", deployment.container("site-c")], check=True, capture_output=True)
+    clientapp = f"nbfed-{deployment.name}-site-site-c-clientapp-1"
+    wait_for(lambda: health(clientapp) == "unhealthy", timeout=90, what=f"{clientapp} to turn unhealthy")
     before = started(deployment)
 
     done = deployment.playbook("playbooks/run.yml", timeout=1200, nbfed_rounds=1)
