@@ -220,7 +220,23 @@ def main(argv: list[str]) -> None:
         app_gate.install()
 
     sys.argv = ["flower-supernode", *argv]
-    flower_supernode()
+    try:
+        flower_supernode()
+        code = 0
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else 1
+    except BaseException as error:  # noqa: BLE001 (said, then the process ends: Docker restarts it)
+        log(f"the SuperNode stopped: {type(error).__name__}: {error}")
+        code = 1
+    # Flower's SuperNode ends its main loop on an error it gives up on (a TLS connection the
+    # aggregator's proxy closed while it restarted), but the threads of its Runtime API keep the
+    # process alive, healthy to Docker and offline to SuperLink for good. End it all, so that
+    # Docker's restart policy starts a SuperNode that connects again.
+    if code:
+        log(f"the SuperNode ended (exit {code}); Docker's restart policy starts it again")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
