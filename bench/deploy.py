@@ -13,11 +13,12 @@ synthetic data at a small scale, and measures, --runs times each:
                 the ServerApp sends round 1 to every site, and until round 1 is done
   no-op         deploy.yml --skip-tags run: what a redeploy costs when nothing changed
 
-The first deploy of the session (cold if the images are missing) is recorded too. Stage
-times come from Ansible's profile_tasks callback (ansible.cfg). Medians and ranges go to
---out with the machine; a table is printed. --smoke: the first deploy and one notebook edit,
-one round, to keep the script working in CI, not to measure (the tests run it --on their own
-running deployment).
+The first deploy of the session (cold if the images are missing) is recorded too, unless
+--on names a deployment that is up already. Stage times come from Ansible's profile_tasks
+callback (ansible.cfg). Medians and ranges go to --out with the machine; a table is printed.
+--smoke: the first deploy and one notebook edit, one round, to keep the script working in
+CI, not to measure; --on a running deployment (the tests'), the edit only: the tests read
+the stages of their own deploy's output with this script's functions.
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "deploy.json")
     parser.add_argument(
-        "--smoke", action="store_true", help="the first deploy and one edit, one round: keeps the script working"
+        "--smoke", action="store_true", help="the first deploy (none --on) and one edit, one round: keeps it working"
     )
     parser.add_argument("--keep", action="store_true", help="leave the bench deployment running")
     parser.add_argument(
@@ -145,16 +146,16 @@ def main() -> None:
             "nbfed_local_data": str(work / "data"),
             "nbfed_results_dir": str(work / "results"),
             "aggregator_port": free_port(),
-            "aggregator_control_port": free_port(),
         }
     extra["nbfed_rounds"] = 1 if args.smoke else 2
     control = Path(extra.get("nbfed_control_dir", ROOT / ".nbfed" / extra["nbfed_deployment"]))
     aggregator_results = control / "hosts" / "local-aggregator" / "aggregator" / "results"
     measured: dict[str, dict] = {}
     try:
-        with console.status("first deploy (builds the images if they are missing)"):
-            first = playbook("deploy.yml", extra)
-        measured["first deploy"] = deploy_measures([first])
+        if not args.on:  # a running deployment had its first deploy
+            with console.status("first deploy (builds the images if they are missing)"):
+                first = playbook("deploy.yml", extra)
+            measured["first deploy"] = deploy_measures([first])
 
         # The warm deploy and the no-op go through the code of the first: the smoke run leaves them out.
         warm, noop = [], []
@@ -205,11 +206,13 @@ def main() -> None:
         for key, value in values.items():
             if key != "stages":
                 table.add_row(f"{what}: {key}", f"{value['median']:.1f}", f"{value['min']:.1f}-{value['max']:.1f}")
-    shown = "warm deploy" if "warm deploy" in measured else "first deploy"
-    stage_table = Table(f"stage ({shown})", "median s", title="deploy.yml stages")
-    for stage, value in measured[shown]["stages"].items():
-        stage_table.add_row(stage, f"{value['median']:.1f}")
-    console.print(table, stage_table)
+    console.print(table)
+    shown = next((what for what in ("warm deploy", "first deploy") if what in measured), None)
+    if shown:
+        stage_table = Table(f"stage ({shown})", "median s", title="deploy.yml stages")
+        for stage, value in measured[shown]["stages"].items():
+            stage_table.add_row(stage, f"{value['median']:.1f}")
+        console.print(stage_table)
     console.print(f"results in {args.out}")
 
 

@@ -212,13 +212,12 @@ def test_the_deploy_benchmark_reads_the_stages_of_a_real_deploy(deployment, firs
     assert 0 < bench.until(first_deploy.output, "TASK [run : Submit run") < total
 
 
-def test_the_deploy_benchmark_times_a_deploy_and_an_edit_to_training(deployment, first_deploy, tmp_path) -> None:
-    """bench/deploy.py --smoke on this running deployment (left running): keep the script working."""
+def test_the_deploy_benchmark_times_an_edit_to_training(deployment, first_deploy, tmp_path) -> None:
+    """bench/deploy.py --smoke on this running deployment (left running): keep the script working.
+    On a running deployment it times one edit only; the test above reads this module's deploy
+    with the script's own functions."""
     results = smoke("deploy.py", tmp_path / "deploy.json", "--on", json.dumps(deployment.extra), timeout=900)["results"]
-    deploy = results["first deploy"]
-    assert 0 < deploy["reaches training"]["median"] < deploy["total"]["median"]
-    assert {"Preflight", "Build", "Aggregator", "Sites", "Run"} <= set(deploy["stages"]), deploy["stages"]
+    assert list(results) == ["notebook edit to training"], results
     edit = results["notebook edit to training"]
     assert 0 < edit["round 1 sent to every site"]["median"] < edit["round 1 done"]["median"]
-    assert "warm deploy" not in results and "no-op redeploy" not in results  # the first deploy's code again
     assert len(deployment.containers()) == CONTAINERS
