@@ -164,7 +164,32 @@ def test_run_brings_back_a_stack_that_is_down(deployment, first_deploy) -> None:
     assert {k: v for k, v in after.items() if "site-c" not in k} == {
         k: v for k, v in before.items() if "site-c" not in k
     }
+    assert health(clientapp) == "healthy"
     assert_run_completed(deployment.runs()[-1], rounds_asked=1)
+
+
+def test_a_link_the_serverapp_left_for_the_next_run_is_refused_not_followed(deployment, first_deploy, tmp_path) -> None:
+    """The aggregator's results/ belongs to the ServerApp's user, that is to the notebook's code:
+    a link it leaves where a run's directory goes must not make root chown the directory it
+    points to, nor fetch from it."""
+    host_dir = tmp_path / "host-only"  # stands for /etc: a directory of the aggregator host, root's
+    host_dir.mkdir(mode=0o755)
+    (host_dir / "secret").write_text("the host's own\n")
+    before = host_dir.stat()
+    superlink = f"nbfed-{deployment.name}-aggregator-superlink-1"
+    # What the ServerApp can do: its user, in its container, whose /results is the host's results/.
+    planted = ["docker", "exec", "--user", "10001", superlink, "ln", "-s", str(host_dir), "/results/planted"]
+    subprocess.run(planted, check=True, capture_output=True)
+    try:
+        done = deployment.playbook("playbooks/run.yml", timeout=600, run_name="planted", nbfed_rounds=1)
+    finally:
+        (deployment.aggregator_results("planted")).unlink()
+    assert done.returncode != 0
+    said = done.output
+    assert f"is a link to {host_dir}, not a directory" in " ".join(said.split()), said[-3000:]
+    after = host_dir.stat()
+    assert (after.st_uid, after.st_mode) == (before.st_uid, before.st_mode)
+    assert "TASK [run : Submit run" not in said and not (deployment.results / "planted" / "secret").exists()
 
 
 def test_teardown_then_deploy_keeps_results_state_and_keys(deployment, first_deploy) -> None:
