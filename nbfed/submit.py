@@ -1,8 +1,8 @@
 """`nbfed submit`: convert a notebook and run it on a running SuperLink, then write the report.
 
 This is the run stage of every deployment but run-local: the dry-run compose stack's
-runner and the playbook (over SSH, on the aggregator host, where the Control API listens
-on loopback only) both call it. The results directory must be the one the ServerApp
+runner and the playbook (over SSH, in the aggregator stack's runner, on the internal
+network that alone reaches the Control API) both call it. The results directory must be the one the ServerApp
 writes to (a volume both containers mount at the same path).
 """
 

@@ -92,7 +92,7 @@ def assert_refused(name: str, site_data: Path) -> None:
     before = tree(site_data), tree(inventory)
     # A probed inventory's aggregator is this machine: ports of its own, so that a deployment
     # already here (the demo's, on the default ports) is not what refuses it.
-    ports = ["-e", json.dumps({"aggregator_port": free_port(), "aggregator_control_port": free_port()})]
+    ports = ["-e", json.dumps({"aggregator_port": free_port()})]
     done = run_ansible(
         "ansible-playbook", "deploy.yml", "-i", str(inventory), *(ports if name in PROBED else []), data=site_data
     )

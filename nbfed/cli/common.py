@@ -14,7 +14,9 @@ console = Console()
 err = Console(stderr=True, soft_wrap=True)  # messages stay one line each, for logs and grep
 
 NotebookArg = Annotated[Path, typer.Argument(help="The notebook (.ipynb) with tagged cells.")]
-SuperLinkOpt = Annotated[str, typer.Option(help="SuperLink Control API as host:port (the aggregator's loopback).")]
+SuperLinkOpt = Annotated[
+    str, typer.Option(help="SuperLink Control API as host:port (reachable only inside the aggregator stack).")
+]
 CaOpt = Annotated[Path | None, typer.Option(help="Consortium CA certificate; without it, plain HTTP (loopback only).")]
 SetOpt = Annotated[list[str], typer.Option("--set", help="Override a run-config key: --set num_rounds=5.")]
 

@@ -208,7 +208,7 @@ def nbfed_wheel(build_dir: Path, console: Console) -> Path:
     """nbfed itself as a wheel, for the aggregator image.
 
     The aggregator's one-shot runner (`nbfed register`, `nbfed submit`) converts the
-    notebook, submits it on the host's loopback and writes the report. The wheel is built
+    notebook, submits it from inside the stack's internal network and writes the report. The wheel is built
     from a copy of the sources into a directory named by their hash, so the same sources
     give the same wheel, lock and image tag, and a source change gives a new one.
     """

@@ -37,7 +37,6 @@ class Deployment:
             "nbfed_local_data": str(self.data),
             "nbfed_base_image": base_image,
             "aggregator_port": free_port(),
-            "aggregator_control_port": free_port(),
             **settings,
         }
         generate(self.data, scale=0.05)

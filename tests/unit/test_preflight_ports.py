@@ -48,7 +48,7 @@ def test_the_ports_taken_name_their_variable_and_every_holder() -> None:
             "item": {"variable": "aggregator_port", "port": 8000},
             "containers": [{"Names": ["/nbfed-x-aggregator-proxy-1"]}],
         },
-        {"item": {"variable": "aggregator_control_port", "port": 9093}, "containers": []},
+        {"item": {"variable": "metrics_port", "port": 9093}, "containers": []},
         {
             "item": {"variable": "other_port", "port": 7000},
             "containers": [{"Names": ["/nbfed-clarify-aggregator-a-1"]}],
@@ -57,5 +57,5 @@ def test_the_ports_taken_name_their_variable_and_every_holder() -> None:
     listeners = [listener(8000, "docker-proxy", 5), listener(9093, "sshd", 9), listener(7000, "docker-proxy", 6)]
     assert taken(listeners, published, OURS) == [
         {"variable": "aggregator_port", "port": 8000, "holders": ["container nbfed-x-aggregator-proxy-1"]},
-        {"variable": "aggregator_control_port", "port": 9093, "holders": ["process sshd (pid 9)"]},
+        {"variable": "metrics_port", "port": 9093, "holders": ["process sshd (pid 9)"]},
     ]

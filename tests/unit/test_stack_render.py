@@ -172,7 +172,7 @@ def test_an_aggregator_name_is_pinned_to_the_address_the_egress_allow_list_admit
 
 
 @pytest.mark.parametrize("bind", ["0.0.0.0", "2001:db8::10"])
-def test_aggregator_stack_publishes_the_fleet_port_and_keeps_the_control_api_on_loopback(tmp_path, bind) -> None:
+def test_aggregator_stack_publishes_the_fleet_port_and_nothing_of_superlink(tmp_path, bind) -> None:
     shutil.copy(ROOT / "compose" / "aggregator.yml", tmp_path)
     (tmp_path / ".env").write_text(
         render(
@@ -181,12 +181,17 @@ def test_aggregator_stack_publishes_the_fleet_port_and_keeps_the_control_api_on_
             aggregator_images=layout("nbfed_layout_aggregator_images"),
             aggregator_publish_address=bind,
             aggregator_port=8443,
-            aggregator_control_port=9093,
+            aggregator_internal_bridge="nbfa-0123456789",
+            aggregator_fleet_bridge="nbff-0123456789",
         )
     )
-    services = compose_config(tmp_path)["services"]
+    config = compose_config(tmp_path)
+    services = config["services"]
     assert set(services) == {"superlink", "proxy"}  # the runner is a tool (profile), never started by `up`
     [fleet] = services["proxy"]["ports"]
     assert (fleet["host_ip"], fleet["published"], fleet["target"]) == (bind, "8443", 8000)
-    [control] = services["superlink"]["ports"]
-    assert control["host_ip"] == "127.0.0.1"
+    assert "ports" not in services["superlink"]  # its Control and Runtime APIs have no authentication
+    assert services["superlink"]["networks"].keys() == {"internal"}
+    internal = config["networks"]["internal"]
+    assert internal["internal"] is True
+    assert internal["driver_opts"]["com.docker.network.bridge.name"] == "nbfa-0123456789"  # the firewall seals it
