@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from nbfed.node_registry import UNREGISTERED
 from nbfed.superlink_launcher import BOOT_FILE
 
 
@@ -106,6 +107,20 @@ class SuperLinkClient:
             return False
         raise RunFailed(f"registering {public_key} ({name}) failed: {answer.get('error-message')}")
 
+    def registry(self, keys: list[Path]) -> dict[str, Any]:
+        """Every SuperNode SuperLink registered, unregistered ones too, with its name and key,
+        and `keys` read as SuperLink stores them (nbfed/node_registry.py)."""
+        argv = [sys.executable, "-m", "nbfed.node_registry", CONNECTION, *map(str, keys)]
+        answer = self._answer(subprocess.run(argv, env=self._env(), capture_output=True, text=True))
+        if not answer.get("success"):
+            raise RunFailed(f"listing the SuperNodes failed: {answer.get('error-message')}")
+        return answer
+
+    def unregister(self, node_id: int) -> None:
+        answer = self._json("supernode", "unregister", str(node_id), CONNECTION)
+        if not answer.get("success"):
+            raise RunFailed(f"unregistering SuperNode {node_id} failed: {answer.get('error-message')}")
+
     def submit(self, app: Path, overrides: Path, fab: Path | None = None, attempts: int = 30) -> int:
         """`flwr run` the app, or start a run of the `fab` built from it (its exact bytes: a
         signed app); returns the run id. Retries while SuperLink finishes starting."""
@@ -134,11 +149,9 @@ class SuperLinkClient:
         self.flwr("stop", str(run_id), CONNECTION)
 
     def nodes(self) -> list[dict[str, Any]]:
-        """The registered SuperNodes: node-id, status (online, offline, registered), times."""
-        answer = self._json("supernode", "list", CONNECTION)
-        if not answer.get("success"):
-            raise RunFailed(f"listing the SuperNodes failed: {answer.get('error-message')}")
-        return list(answer["nodes"])
+        """The registered SuperNodes: node-id, name (the site), status (online, offline,
+        registered), times; not those unregistered."""
+        return [node for node in self.registry([])["nodes"] if node["status"] != UNREGISTERED]
 
     def runs(self) -> list[dict[str, Any]]:
         """Every run SuperLink knows: run-id, fab-name, status, elapsed, ..."""

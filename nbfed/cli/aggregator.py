@@ -19,18 +19,35 @@ def register_cmd(
     keys: Annotated[list[Path], typer.Argument(help="Sites' public keys, SITE.pub (the file name names the site).")],
     superlink: SuperLinkOpt,
     ca: CaOpt = None,
+    inventory: Annotated[
+        list[str] | None,
+        typer.Option("--inventory", help="A site of the inventory (repeat it for each); other sites are unregistered."),
+    ] = None,
 ) -> None:
-    """Register sites' SuperNode public keys with SuperLink (already registered keys are kept)."""
+    """Register each site's current public key with SuperLink, named after the site: its old
+    key, if it made a new one, is unregistered (one node per site), and with --inventory so is
+    every site the inventory no longer names."""
+    from nbfed.node_registry import plan
     from nbfed.superlink import RunFailed, connect
 
+    by_site = {key.name.removesuffix(".pub"): key for key in keys}
     with connect(superlink, ca) as client:
-        for key in keys:
-            site = key.name.removesuffix(".pub")
-            try:
-                fresh = client.register(key, site)
-            except RunFailed as e:
-                raise fail(str(e)) from None
-            console.print(f"site {site}: public key {'registered' if fresh else 'already registered'}")
+        try:
+            registry = client.registry(list(by_site.values()))
+            current = {site: registry["keys"][str(key)] for site, key in by_site.items()}
+            todo = plan(registry["nodes"], current, inventory)
+            for site, why in todo.refused.items():
+                err.print(f"site {site}: {why}")
+            if todo.refused:
+                raise fail("some sites' keys cannot be registered (above); nothing was changed")
+            for site in by_site:
+                fresh = site in todo.register and client.register(by_site[site], site)
+                console.print(f"site {site}: public key {'registered' if fresh else 'already registered'}")
+            for node_id, why in todo.unregister.items():  # after the new keys: a site is never without one
+                client.unregister(node_id)
+                console.print(f"{why}: node {node_id} unregistered")
+        except RunFailed as e:
+            raise fail(str(e)) from None
 
 
 def submit_cmd(
@@ -106,6 +123,7 @@ def status_cmd(
     json_: Annotated[bool, typer.Option("--json", help="Print the SuperNodes and runs as JSON.")] = False,
 ) -> None:
     """The SuperNodes SuperLink knows (online, offline, registered) and its newest runs."""
+    from rich.markup import escape
     from rich.table import Table
 
     from nbfed.superlink import RunFailed, connect
@@ -119,9 +137,10 @@ def status_cmd(
     if json_:
         print(json.dumps({"nodes": nodes, "online": sum(n["status"] == "online" for n in nodes), "runs": recent}))
         return
-    table = Table("node", "status", "registered", "online since", title="SuperNodes")
+    table = Table("site", "node", "status", "registered", "online since", title="SuperNodes")
     for n in nodes:
-        table.add_row(n["node-id"], n["status"], n["created-at"], n["online-at"])
+        times = (str(n[at] or "")[:19].replace("T", " ") for at in ("created-at", "online-at"))
+        table.add_row(escape(n["name"]), str(n["node-id"]), n["status"], *times)
     console.print(table)
     table = Table("run", "app", "submitted", "status", "elapsed", title="Runs")
     for r in recent:

@@ -13,9 +13,10 @@ import json
 import os
 import shutil
 import sys
+import time
 
 import pytest
-from consortium import CHECK_TLS, ROOT, ROUNDS, SITES, submitted_run
+from consortium import CHECK_TLS, ROOT, ROUNDS, SITE_DIR, SITES, submitted_run
 from harness import Registry
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -39,15 +40,18 @@ def test_images_travelled_as_checksummed_archives(consortium, deployed) -> None:
         assert not consortium.hosts.exec(host, "sh", "-c", "ls /opt/nbfed/images 2>/dev/null").stdout.strip()
 
 
+# Prints whether a TCP connection to HOST PORT opens within 5 s.
+PORT_PROBE = (
+    "import socket,sys;s=socket.socket();s.settimeout(5);"
+    "print('open' if s.connect_ex((sys.argv[1],int(sys.argv[2])))==0 else 'closed')"
+)
+
+
 def test_firewall_admits_the_sites_and_drops_the_intruder(consortium, deployed) -> None:
-    probe = (
-        "import socket,sys;s=socket.socket();s.settimeout(5);"
-        "print('open' if s.connect_ex((sys.argv[1],8000))==0 else 'closed')"
-    )
     aggregator = consortium.hosts.address["aggregator"]
     for site in SITES:
-        assert consortium.python(site, probe, aggregator).stdout.strip() == "open", site
-    assert consortium.python("intruder", probe, aggregator).stdout.strip() == "closed"
+        assert consortium.python(site, PORT_PROBE, aggregator, "8000").stdout.strip() == "open", site
+    assert consortium.python("intruder", PORT_PROBE, aggregator, "8000").stdout.strip() == "closed"
     rules = consortium.hosts.exec("aggregator", "iptables", "-S", "NBFED-FLEET").stdout
     for site in SITES:
         assert f"-s {consortium.hosts.address[site]}/32 -j RETURN" in rules, rules
@@ -76,6 +80,44 @@ def test_control_api_is_not_reachable_through_the_fleet_port(consortium, deploye
         "site-a", code, f"https://{consortium.fleet}/v1/control/list-runs", "/opt/nbfed/site/certs/ca.crt"
     )
     assert done.stdout.strip() == "403", done.stdout + done.stderr
+
+
+def container_addresses(consortium, service: str) -> list[str]:
+    """The addresses of the aggregator stack's SERVICE container, one per network."""
+    done = consortium.hosts.exec(
+        "aggregator",
+        "sh",
+        "-c",
+        'docker inspect -f "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}" '
+        '$(docker ps -q --filter label=com.docker.compose.service="$0")',
+        service,
+    )
+    return done.stdout.split()
+
+
+def test_superlink_answers_no_local_user_and_no_intruder_routing_to_it(consortium, deployed) -> None:
+    """SuperLink's Control and Runtime APIs have no authentication (they start runs at every
+    site): no user on the aggregator host but root (through Docker) and no host routing to the
+    stack's networks reaches them; only the fleet port answers, through the proxy."""
+    aggregator = consortium.hosts.address["aggregator"]
+    [superlink] = container_addresses(consortium, "superlink")
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "python3", "-c", PORT_PROBE]
+
+    def as_nobody(host: str, port: int) -> str:
+        return consortium.hosts.exec("aggregator", *nobody, host, str(port), check=False).stdout.strip()
+
+    assert as_nobody(aggregator, 8000) == "open"  # the probe works, and the fleet port is public
+    assert as_nobody(superlink, 8000) == "closed"
+    assert as_nobody("127.0.0.1", 9093) == "closed"  # the loopback port it was once published on
+    targets = [superlink, *container_addresses(consortium, "proxy")]
+    try:
+        for target in targets:  # the intruder shares the aggregator's LAN: it routes the stack's subnets there
+            consortium.hosts.exec("intruder", "ip", "route", "replace", target, "via", aggregator)
+        for target in targets:
+            assert consortium.python("intruder", PORT_PROBE, target, "8000").stdout.strip() == "closed", target
+    finally:
+        for target in targets:
+            consortium.hosts.exec("intruder", "ip", "route", "del", target, check=False)
 
 
 def test_unregistered_supernode_is_refused(consortium, deployed) -> None:
@@ -254,6 +296,53 @@ def test_a_fourth_site_changes_only_itself_and_the_aggregator_and_joins_the_next
     )
     rounds = json.loads((newest / "rounds.json").read_text())
     assert all(sorted(r["evaluate"]) == [*SITES, "site-d"] for r in rounds), rounds
+
+
+def registered(consortium) -> dict[str, list[dict]]:
+    """The SuperNodes SuperLink admits, by site (`nbfed status` in the aggregator's runner)."""
+    done = consortium.runner("status", "--superlink", "superlink:8000", "--ca", "/certs/ca.crt", "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    nodes: dict[str, list[dict]] = {}
+    for node in json.loads(done.stdout)["nodes"]:
+        nodes.setdefault(node["name"], []).append(node)
+    return nodes
+
+
+def test_a_site_that_makes_a_new_key_keeps_one_node_and_a_removed_site_is_refused(consortium, deployed) -> None:
+    """One node per site: site-c's new key replaces its old registration; site-d, taken out
+    of the inventory, is unregistered by the next deploy and its SuperNode refused."""
+    before = registered(consortium)
+    assert sorted(before) == [*SITES, "site-d"] and all(len(nodes) == 1 for nodes in before.values()), before
+    consortium.hosts.exec("site-c", "rm", f"{SITE_DIR}/keys/node.key")  # its operator makes a new one
+    consortium.hosts.write_inventory(consortium.inventory, SITES, consortium.group_vars)
+    try:
+        done = consortium.playbook("deploy.yml", "--skip-tags", "run")
+        assert done.returncode == 0, done.output[-20000:]
+        after = registered(consortium)
+    finally:  # site-d goes back to the inventory, so that teardown removes its stack
+        consortium.hosts.write_inventory(
+            consortium.inventory,
+            [*SITES, "site-d"],
+            consortium.group_vars,
+            {"site-d": {"nbfed_image_delivery": "registry"}},
+        )
+    assert sorted(after) == SITES, after
+    [site_c] = after["site-c"]
+    assert site_c["node-id"] != before["site-c"][0]["node-id"] and site_c["status"] == "online", after
+    said = done.output
+    assert f"site-d: not in the inventory: node {before['site-d'][0]['node-id']} unregistered" in said
+    assert f"site site-c: its old key, replaced by its current one: node {before['site-c'][0]['node-id']}" in said
+    # site-d's SuperNode, still running on its host, is refused from now on: SuperLink answers
+    # its heartbeat with 401, on which it stops (and Docker starts it again, to be refused again).
+    supernode = "nbfed-e2e-site-site-d-supernode-1"
+
+    def restarts() -> int:
+        return int(consortium.hosts.exec("site-d", "docker", "inspect", "-f", "{{.RestartCount}}", supernode).stdout)
+
+    first, deadline = restarts(), time.monotonic() + 120
+    while restarts() == first and time.monotonic() < deadline:
+        time.sleep(5)
+    assert restarts() > first, consortium.hosts.exec("site-d", "docker", "logs", "--tail", "30", supernode).stderr
 
 
 def test_teardown_leaves_no_container_and_keeps_results(consortium, deployed) -> None:
