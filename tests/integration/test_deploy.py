@@ -12,7 +12,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import socket
+import ssl
 import subprocess
+import time
 from pathlib import Path
 
 import nbformat
@@ -190,6 +193,49 @@ def test_a_link_the_serverapp_left_for_the_next_run_is_refused_not_followed(depl
     after = host_dir.stat()
     assert (after.st_uid, after.st_mode) == (before.st_uid, before.st_mode)
     assert "TASK [run : Submit run" not in said and not (deployment.results / "planted" / "secret").exists()
+    # and no other user of the host reads what the runs wrote
+    results = deployment.aggregator_results("planted").parent
+    modes = {p.name: oct(p.stat().st_mode & 0o777) for p in [results, *results.iterdir()] if p.is_dir()}
+    assert set(modes.values()) == {"0o700"}, modes
+
+
+def memory_mib(container: str) -> float:
+    done = subprocess.run(
+        ["docker", "stats", "--no-stream", "--format", "{{.MemUsage}}", container], capture_output=True, text=True
+    )
+    used = done.stdout.split("/")[0].strip()
+    scale = {"KiB": 1 / 1024, "MiB": 1, "GiB": 1024}
+    return float(used[:-3]) * scale[used[-3:]]
+
+
+def test_the_fleet_port_bounds_what_a_stranger_can_make_the_aggregator_do(deployment, first_deploy) -> None:
+    """SuperLink authenticates a node only once it has read a whole request: before that, the
+    proxy refuses a 2 GB body at its Content-Length, and every container has its limits."""
+    env = (deployment.host_dir("local-aggregator") / "aggregator" / ".env").read_text()
+    host, port = re.search(r"^NBFED_FLEET_PUBLISH=(.+):(\d+)$", env, re.M).groups()
+    context = ssl.create_default_context(cafile=deployment.control / "pki" / "ca.crt")
+    context.check_hostname = False  # the certificate names the sites' address for it
+    superlink = f"nbfed-{deployment.name}-aggregator-superlink-1"
+    before = memory_mib(superlink)
+    head = (
+        "POST /v1/fleet/push-object HTTP/1.1\r\nHost: aggregator\r\nContent-Type: application/protobuf\r\n"
+        "Content-Length: 2147483648\r\n\r\n"
+    )
+    started = time.monotonic()
+    with socket.create_connection((host, int(port)), timeout=10) as raw, context.wrap_socket(raw) as tls:
+        tls.sendall(head.encode() + b"\0" * 65536)
+        status = tls.recv(4096).split(b"\r\n", 1)[0]
+    assert b" 413 " in status, status
+    assert time.monotonic() - started < 5
+    assert memory_mib(superlink) < before + 50
+    for name in deployment.containers():
+        limits = subprocess.run(
+            ["docker", "inspect", "--format", "{{.HostConfig.Memory}} {{.HostConfig.PidsLimit}}", name],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        assert all(int(limit) > 0 for limit in limits), (name, limits)
 
 
 def test_teardown_then_deploy_keeps_results_state_and_keys(deployment, first_deploy) -> None:

@@ -177,12 +177,16 @@ def test_aggregator_stack_publishes_the_fleet_port_and_nothing_of_superlink(tmp_
     (tmp_path / ".env").write_text(
         render(
             "aggregator/templates/aggregator.env.j2",
-            aggregator_project="nbfed-clarify-aggregator",
-            aggregator_images=layout("nbfed_layout_aggregator_images"),
-            aggregator_publish_address=bind,
-            aggregator_port=8443,
-            aggregator_internal_bridge="nbfa-0123456789",
-            aggregator_fleet_bridge="nbff-0123456789",
+            **{
+                **yaml.safe_load((ROOT / "roles" / "aggregator" / "defaults" / "main.yml").read_text()),
+                "aggregator_project": "nbfed-clarify-aggregator",
+                "aggregator_images": layout("nbfed_layout_aggregator_images"),
+                "aggregator_publish_address": bind,
+                "aggregator_port": 8443,
+                "aggregator_internal_bridge": "nbfa-0123456789",
+                "aggregator_fleet_bridge": "nbff-0123456789",
+                "aggregator_proxy_memory": "512m",  # as an inventory would set it
+            },
         )
     )
     config = compose_config(tmp_path)
@@ -195,3 +199,6 @@ def test_aggregator_stack_publishes_the_fleet_port_and_nothing_of_superlink(tmp_
     internal = config["networks"]["internal"]
     assert internal["internal"] is True
     assert internal["driver_opts"]["com.docker.network.bridge.name"] == "nbfa-0123456789"  # the firewall seals it
+    # every service has its limits: compose's defaults, or the inventory's
+    limits = {name: (service["mem_limit"], service["pids_limit"]) for name, service in services.items()}
+    assert limits == {"superlink": (str(8 << 30), 512), "proxy": (str(512 << 20), 128)}, limits
