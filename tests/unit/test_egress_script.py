@@ -7,30 +7,18 @@ the role on a real engine.
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
-import shutil
-import subprocess
 from pathlib import Path
 
 import jinja2
 import pytest
+from iptables_stand_in import passes_shellcheck, restores, run
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES = ROOT / "roles" / "site_egress" / "templates"
 BRIDGE, CHAIN, SEALED = "nbfe-0123456789", "NBFED-EGR-nbfe-0123456789", "nbfs-0123456789"
 IPV6 = Path("/proc/net/if_inet6").exists()  # the script leaves ip6tables alone without it
-# Stand-in for iptables, ip6tables and their -restore: each call and its input go to the log;
-# listing (-S) and checking (-C) fail as on a host without the rules; FAIL names one to fail.
-FAKE = """#!/bin/sh
-name=$(basename "$0")
-echo "$name $*" >> "$LOG"
-case "$name" in *-restore) cat >> "$LOG"; echo "END" >> "$LOG" ;; esac
-[ "$name" = "${FAIL:-}" ] && exit 4
-case " $* " in *" -S "* | *" -C "*) exit 1 ;; esac
-exit 0
-"""
 
 
 def render(template: str) -> str:
@@ -57,30 +45,8 @@ def script(tmp_path: Path) -> Path:
     return path
 
 
-def run(script: Path, action: str, fail: str = "") -> tuple[int, str]:
-    """Exit status and the stand-ins' log of `script action`."""
-    bin_dir, log = script.parent / "bin", script.parent / "log"
-    bin_dir.mkdir(exist_ok=True)
-    for name in ("iptables", "ip6tables", "iptables-restore", "ip6tables-restore"):
-        (bin_dir / name).write_text(FAKE)
-        (bin_dir / name).chmod(0o755)
-    log.write_text("")
-    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", LOG=str(log), FAIL=fail)
-    done = subprocess.run(["sh", str(script), action], env=env, capture_output=True, text=True, timeout=30)
-    return done.returncode, log.read_text()
-
-
-def restores(log: str) -> dict[str, list[str]]:
-    """The input each -restore command read, by command."""
-    found = re.findall(r"^(ip6?tables-restore) -w --noflush\n(.*?)^END$", log, re.MULTILINE | re.DOTALL)
-    return {name: text.splitlines() for name, text in found}
-
-
 def test_the_script_passes_shellcheck_or_at_least_sh_n(script: Path) -> None:
-    if shutil.which("shellcheck"):
-        done = subprocess.run(["shellcheck", "-s", "sh", str(script)], capture_output=True, text=True)
-    else:
-        done = subprocess.run(["sh", "-n", str(script)], capture_output=True, text=True)
+    done = passes_shellcheck(script)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
