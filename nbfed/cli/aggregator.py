@@ -42,10 +42,11 @@ def register_cmd(
                 raise fail("some sites' keys cannot be registered (above); nothing was changed")
             for site in by_site:
                 fresh = site in todo.register and client.register(by_site[site], site)
-                console.print(f"site {site}: public key {'registered' if fresh else 'already registered'}")
+                said = f"site {site}: public key {'registered' if fresh else 'already registered'}"
+                console.print(said, soft_wrap=True)  # one line each: the deploy selects them by their end
             for node_id, why in todo.unregister.items():  # after the new keys: a site is never without one
                 client.unregister(node_id)
-                console.print(f"{why}: node {node_id} unregistered")
+                console.print(f"{why}: node {node_id} unregistered", soft_wrap=True)
         except RunFailed as e:
             raise fail(str(e)) from None
 
