@@ -44,3 +44,10 @@ def passes_shellcheck(script: Path) -> subprocess.CompletedProcess:
     """shellcheck's verdict on the script, else at least `sh -n`'s."""
     argv = ["shellcheck", "-s", "sh", str(script)] if shutil.which("shellcheck") else ["sh", "-n", str(script)]
     return subprocess.run(argv, capture_output=True, text=True)
+
+
+def executable(path: Path, text: str) -> Path:
+    """A rendered script written where the test runs it."""
+    path.write_text(text)
+    path.chmod(0o755)
+    return path

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import jinja2
 import pytest
-from iptables_stand_in import passes_shellcheck, restores, run
+from iptables_stand_in import executable, passes_shellcheck, restores, run
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES = ROOT / "roles" / "firewall" / "templates"
@@ -40,10 +40,7 @@ def render(template: str) -> str:
 
 @pytest.fixture
 def script(tmp_path: Path) -> Path:
-    path = tmp_path / "nbfed-firewall"
-    path.write_text(render("nbfed-firewall.sh.j2"))
-    path.chmod(0o755)
-    return path
+    return executable(tmp_path / "nbfed-firewall", render("nbfed-firewall.sh.j2"))
 
 
 def test_the_script_passes_shellcheck_or_at_least_sh_n(script: Path) -> None:
